@@ -1,0 +1,71 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Everything the project needs is installed here, never by hand.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ZK_JAR := /usr/share/java/zookeeper.jar
+PROTO_OUT := talos/proto/talos_pb2.py talos/proto/talos_pb2.pyi talos/proto/talos_pb2_grpc.py
+
+.PHONY: all deps system-deps venv demo test lint typecheck proto proto-check unit integration bench clean
+
+all: test
+
+# ZooKeeper 3.8 and Java come from Debian's packages.
+system-deps:
+	@if [ ! -f $(ZK_JAR) ] || ! command -v java >/dev/null 2>&1; then \
+		echo "installing zookeeper and java from apt"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq zookeeper default-jre-headless >/dev/null; \
+	fi
+	@if ! $(PY) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
+	fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.stamp-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.stamp-deps
+deps: system-deps venv
+
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. talos/proto/talos.proto
+
+# The generated code is checked in; this fails when it drifts from talos.proto.
+proto-check: venv
+	@tmp=$$(mktemp -d); \
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp talos/proto/talos.proto; \
+	for f in $(PROTO_OUT); do cmp -s $$f $$tmp/$$f || { echo "generated $$f is stale: run 'make proto'" >&2; rm -rf $$tmp; exit 1; }; done; \
+	rm -rf $$tmp; echo "proto: generated code matches talos.proto"
+
+lint: venv
+	$(BIN)/ruff check talos mirror topology tests
+	$(BIN)/ruff format --check talos mirror topology tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: deps
+	$(BIN)/pytest -q tests/unit
+
+integration: deps
+	$(BIN)/pytest -q tests/integration
+
+test: deps proto-check lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+demo: deps
+	$(BIN)/python -m talos.demo
+
+bench: deps
+	$(BIN)/talos bench produce --messages 200000 --size 100
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Cross-datacenter mirror workers (see DESIGN.md section 6)."""

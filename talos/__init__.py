@@ -1,0 +1,1 @@
+"""Talos: a message queue with storage-compute separation, built for cross-DC mirroring."""

@@ -1,0 +1,110 @@
+"""Limits, defaults and the validation of user-facing parameters.
+
+Every check raises :class:`InvalidArgument` with a message that names the
+parameter and what is allowed, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from talos.errors import InvalidArgument
+
+MAX_TOPIC_NAME_LENGTH = 249
+MAX_PARTITIONS = 1024
+MAX_OFFSET = 2**63 - 1
+DURABILITY_LEVELS = ("flush", "sync")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def validate_topic_name(name: object, param: str = "topic") -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{param}: must be a non-empty string, got {name!r}")
+    if len(name) > MAX_TOPIC_NAME_LENGTH:
+        raise InvalidArgument(
+            f"{param}: at most {MAX_TOPIC_NAME_LENGTH} characters allowed, got {len(name)}"
+        )
+    if name in (".", "..") or not _TOPIC_NAME.match(name):
+        raise InvalidArgument(
+            f"{param}: {name!r} may contain only letters, digits, '.', '_' and '-' "
+            "and may not be '.' or '..'"
+        )
+    return name
+
+
+def validate_group_name(name: object, param: str = "group") -> str:
+    if not isinstance(name, str) or not _GROUP_NAME.match(name) or name in (".", ".."):
+        raise InvalidArgument(
+            f"{param}: {name!r} must be 1 to 249 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def validate_partition_count(count: object, param: str = "partitions") -> int:
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise InvalidArgument(f"{param}: must be an integer, got {count!r}")
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise InvalidArgument(f"{param}: must be between 1 and {MAX_PARTITIONS}, got {count}")
+    return count
+
+
+def validate_partition(partition: object, count: int, param: str = "partition") -> int:
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        raise InvalidArgument(f"{param}: must be an integer, got {partition!r}")
+    if not 0 <= partition < count:
+        raise InvalidArgument(f"{param}: must be between 0 and {count - 1}, got {partition}")
+    return partition
+
+
+def validate_offset(offset: object, param: str = "offset") -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise InvalidArgument(f"{param}: must be an integer, got {offset!r}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidArgument(f"{param}: must be between 0 and {MAX_OFFSET}, got {offset}")
+    return offset
+
+
+def _validate_int(value: object, param: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{param}: must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidArgument(f"{param}: must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Per-topic settings, stored with the topic in ZooKeeper."""
+
+    max_message_bytes: int = 1024 * 1024
+    durability: str = "sync"
+    segment_bytes: int = 256 * 1024 * 1024
+    segment_ms: int = 24 * 3600 * 1000
+
+    def validated(self) -> TopicConfig:
+        _validate_int(self.max_message_bytes, "max_message_bytes", 64, 64 * 1024 * 1024)
+        if self.durability not in DURABILITY_LEVELS:
+            raise InvalidArgument(
+                f"durability: must be one of {', '.join(DURABILITY_LEVELS)}, "
+                f"got {self.durability!r}"
+            )
+        _validate_int(self.segment_bytes, "segment_bytes", 4096, 2**40)
+        _validate_int(self.segment_ms, "segment_ms", 1000, 2**40)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TopicConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InvalidArgument(
+                f"config: unknown key(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(cls.__dataclass_fields__)}"
+            )
+        return cls(**known).validated()

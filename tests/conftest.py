@@ -1,0 +1,25 @@
+"""Shared fixtures: a real ZooKeeper per test session, from the Debian package."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from talos.testing.zookeeper import ZooKeeperServer, zookeeper_available
+
+
+@pytest.fixture(scope="session")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    reason = zookeeper_available()
+    if reason is not None:
+        pytest.skip(f"needs ZooKeeper: {reason}")
+    with ZooKeeperServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    """A fresh cluster name, so each test gets its own ZooKeeper chroot."""
+    return f"test-{uuid.uuid4().hex[:10]}"

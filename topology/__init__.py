@@ -1,0 +1,1 @@
+"""Topology files: datacenters, links and topics (see DESIGN.md section 7)."""
