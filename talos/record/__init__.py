@@ -1,0 +1,50 @@
+"""Record batches: the byte format shared by producers, brokers, storage and mirrors."""
+
+from talos.record.batch import (
+    HEADER_SIZE,
+    LENGTH_PREFIX,
+    MAGIC,
+    BatchBuilder,
+    BatchHeader,
+    Record,
+    decode_all,
+    decode_records,
+    encode_batch,
+    iter_batches,
+    parse_header,
+    record_size,
+    stamp_base_offset,
+    valid_prefix_length,
+    verify_batch,
+    verify_single_batch,
+    with_base_offset,
+    with_origin,
+)
+from talos.record.codec import Codec, compress, decompress, parse_codec
+from talos.record.crc import crc32c
+
+__all__ = [
+    "HEADER_SIZE",
+    "LENGTH_PREFIX",
+    "MAGIC",
+    "BatchBuilder",
+    "BatchHeader",
+    "Codec",
+    "Record",
+    "compress",
+    "crc32c",
+    "decode_all",
+    "decode_records",
+    "decompress",
+    "encode_batch",
+    "iter_batches",
+    "parse_codec",
+    "parse_header",
+    "record_size",
+    "stamp_base_offset",
+    "valid_prefix_length",
+    "verify_batch",
+    "verify_single_batch",
+    "with_base_offset",
+    "with_origin",
+]

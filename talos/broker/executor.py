@@ -1,0 +1,109 @@
+"""A partition-affine thread pool.
+
+All work for one partition runs on the same worker thread, so a partition's
+writes need no locks and stay in order. A new partition goes to the worker
+with the fewest bytes queued, so one slow topic cannot stall the others. The
+bytes queued on the whole broker are bounded: past the bound the broker
+answers THROTTLED instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Hashable
+
+from talos.errors import Throttled
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], None]
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.queued_bytes = 0
+        self.partitions = 0
+        self.thread = threading.Thread(target=self._run, name=f"partition-worker-{index}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # a job must never kill the worker
+                log.exception("partition job failed on worker %d", self.index)
+
+
+def pick_least_loaded(loads: list[tuple[int, int]]) -> int:
+    """Index of the worker with the fewest queued bytes, then fewest partitions."""
+    return min(range(len(loads)), key=lambda i: (loads[i][0], loads[i][1], i))
+
+
+class PartitionExecutor:
+    def __init__(self, workers: int, max_queued_bytes: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.max_queued_bytes = max_queued_bytes
+        self._workers = [_Worker(i) for i in range(workers)]
+        self._pins: dict[Hashable, _Worker] = {}
+        self._lock = threading.Lock()
+        self._queued_bytes = 0
+        for worker in self._workers:
+            worker.thread.start()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def pin(self, key: Hashable) -> int:
+        """The worker index that runs this partition's work (chosen once)."""
+        with self._lock:
+            worker = self._pins.get(key)
+            if worker is None:
+                loads = [(w.queued_bytes, w.partitions) for w in self._workers]
+                worker = self._workers[pick_least_loaded(loads)]
+                worker.partitions += 1
+                self._pins[key] = worker
+            return worker.index
+
+    def unpin(self, key: Hashable) -> None:
+        with self._lock:
+            worker = self._pins.pop(key, None)
+            if worker is not None:
+                worker.partitions -= 1
+
+    def reserve(self, key: Hashable, nbytes: int) -> None:
+        """Account for bytes about to be queued for a partition, or push back."""
+        with self._lock:
+            if self._queued_bytes + nbytes > self.max_queued_bytes and self._queued_bytes > 0:
+                raise Throttled(
+                    f"broker has {self._queued_bytes} bytes queued (limit "
+                    f"{self.max_queued_bytes}); retry later"
+                )
+            self._queued_bytes += nbytes
+            worker = self._pins.get(key)
+            if worker is not None:
+                worker.queued_bytes += nbytes
+
+    def release(self, key: Hashable, nbytes: int) -> None:
+        with self._lock:
+            self._queued_bytes -= nbytes
+            worker = self._pins.get(key)
+            if worker is not None:
+                worker.queued_bytes -= nbytes
+
+    def submit(self, key: Hashable, job: Job) -> None:
+        index = self.pin(key)
+        self._workers[index].jobs.put(job)
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.jobs.put(None)
+        for worker in self._workers:
+            worker.thread.join(timeout=10)

@@ -1,0 +1,326 @@
+"""A stateless broker process: ZooKeeper for control, the log store for data.
+
+The broker owns the partitions the controller assigns to it (taking each
+over with the fencing protocol) and serves them over gRPC. Nothing it holds
+in memory is needed by anyone else after it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from kazoo.client import KazooClient
+
+from talos.clock import SYSTEM_CLOCK, Clock
+from talos.coord.brokers import BrokerRegistry
+from talos.coord.controller import Assignment, AssignmentWatcher, Controller
+from talos.coord.groups import GroupStore
+from talos.coord.partition_state import PartitionStateStore
+from talos.coord.producer_ids import allocate_producer_id
+from talos.coord.topics import TopicMeta, TopicStore
+from talos.coord.zk import connect
+from talos.config import validate_partition, validate_topic_name
+from talos.errors import NotOwner, TalosError, UnknownTopic
+from talos.proto import talos_pb2 as pb
+from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.storage.posix import PosixLogStore
+from talos.storage.store import LogStore
+
+from .executor import PartitionExecutor
+from .partition import PartitionLog
+from .service import BrokerService, topic_config_to_proto
+
+log = logging.getLogger(__name__)
+
+RETAKE_DELAY_S = 1.0
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    broker_id: str
+    cluster: str
+    zookeeper: str
+    data_dir: str
+    listen: str = "127.0.0.1:0"
+    advertised_host: str = ""
+    workers: int = 0  # 0: one per core, at least 2
+    max_queued_bytes: int = 256 * 1024 * 1024
+    session_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    reassign_delay_ms: int = 0
+
+
+class TopicCache:
+    """Topic metadata kept current by ZooKeeper watches, so requests never wait on it."""
+
+    def __init__(self, zk: KazooClient, topics: TopicStore, on_change: Any) -> None:
+        self._zk = zk
+        self._topics = topics
+        self._on_change = on_change
+        self._metas: dict[str, TopicMeta] = {}
+        self._watched: set[str] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._zk.ChildrenWatch("/topics", self._on_children)
+
+    def get(self, name: str) -> TopicMeta | None:
+        return self._metas.get(name)
+
+    def all(self) -> dict[str, TopicMeta]:
+        return dict(self._metas)
+
+    def refresh(self, name: str) -> None:
+        try:
+            self._metas[name] = self._topics.get(name)
+        except UnknownTopic:
+            self._metas.pop(name, None)
+        self._on_change()
+
+    async def refresh_async(self, name: str) -> None:
+        await asyncio.to_thread(self.refresh, name)
+
+    def _on_children(self, children: list[str]) -> None:
+        with self._lock:
+            for name in set(self._metas) - set(children):
+                self._metas.pop(name, None)
+            for name in children:
+                if name not in self._watched:
+                    self._watched.add(name)
+                    self._watch(name)
+        self._on_change()
+
+    def _watch(self, name: str) -> None:
+        def on_data(data: bytes | None, stat: Any) -> bool | None:
+            if data is None:
+                with self._lock:
+                    self._metas.pop(name, None)
+                    self._watched.discard(name)
+                self._on_change()
+                return False
+            self.refresh(name)
+            return None
+
+        self._zk.DataWatch(f"/topics/{name}", on_data)
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.clock = clock
+        self.broker_id = config.broker_id
+        self.address = ""
+        self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self.assignment = Assignment(version=-1, owners={})
+        self.live_brokers: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self.store: LogStore = PosixLogStore(config.data_dir)
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.store.check_writable)
+        self.zk = await asyncio.to_thread(
+            connect,
+            self.config.zookeeper,
+            self.config.cluster,
+            connect_timeout=self.config.connect_timeout,
+            session_timeout=self.config.session_timeout,
+        )
+        self.topics = TopicStore(self.zk)
+        self.states = PartitionStateStore(self.zk)
+        self.groups = GroupStore(self.zk)
+        self.registry = BrokerRegistry(self.zk)
+        workers = self.config.workers or max(2, os.cpu_count() or 2)
+        self.executor = PartitionExecutor(workers, self.config.max_queued_bytes)
+
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_BrokerServicer_to_server(BrokerService(self), self._server)
+        port = self._server.add_insecure_port(self.config.listen)
+        host = self.config.listen.rsplit(":", 1)[0]
+        self.address = f"{self.config.advertised_host or host}:{port}"
+        await self._server.start()
+
+        self.topic_cache = TopicCache(self.zk, self.topics, self._schedule_reconcile)
+        await asyncio.to_thread(self.topic_cache.start)
+        self.registry.watch(self._on_brokers)
+        AssignmentWatcher(self.zk, self._on_assignment)
+        await asyncio.to_thread(self.registry.register, self.broker_id, self.address)
+        self.controller = Controller(
+            self.zk, self.broker_id, reassign_delay_ms=self.config.reassign_delay_ms, clock=self.clock
+        )
+        self.controller.start()
+        log.info("broker %s serving on %s", self.broker_id, self.address)
+
+    async def serve_until_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            await asyncio.to_thread(controller.stop)
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        for plog in list(self.logs.values()):
+            plog.release()
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            await asyncio.to_thread(executor.stop)
+        zk = getattr(self, "zk", None)
+        if zk is not None:
+            await asyncio.to_thread(_close_zk, zk)
+        self.store.close()
+
+    # ---- watches (kazoo threads) -> reconcile on the loop --------------------
+
+    def _schedule_reconcile(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._reconcile)
+
+    def _on_assignment(self, assignment: Assignment) -> None:
+        def apply() -> None:
+            if assignment.version >= self.assignment.version:
+                self.assignment = assignment
+            self._reconcile()
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(apply)
+
+    def _on_brokers(self, live: dict[str, str]) -> None:
+        self.live_brokers = dict(live)
+
+    def _reconcile(self) -> None:
+        """Take the partitions assigned to us; release the others."""
+        if self._stopped.is_set() or self._loop is None:
+            return
+        topics = self.topic_cache.all()
+        mine = {
+            key
+            for key, owner in self.assignment.owners.items()
+            if owner == self.broker_id and key[0] in topics and key[1] < topics[key[0]].partitions
+        }
+        for key in [k for k in self.logs if k not in mine]:
+            plog = self.logs.pop(key)
+            plog.release()
+        for key in mine - set(self.logs):
+            meta = topics[key[0]]
+            plog = PartitionLog(
+                cluster=self.config.cluster,
+                topic=key[0],
+                partition=key[1],
+                config=meta.config,
+                broker_id=self.broker_id,
+                store=self.store,
+                states=self.states,
+                executor=self.executor,
+                loop=self._loop,
+                clock=self.clock,
+                on_lost=self._on_lost,
+            )
+            self.logs[key] = plog
+            plog.start()
+
+    def _on_lost(self, plog: PartitionLog, why: str) -> None:
+        if self.logs.get(plog.key) is plog:
+            del self.logs[plog.key]
+            if self._loop is not None and plog.status != "released":
+                # Still assigned to us? Take it over afresh (a new epoch) after a pause.
+                self._loop.call_later(RETAKE_DELAY_S, self._reconcile)
+
+    # ---- helpers for the service --------------------------------------------
+
+    def owned_log(self, topic: str, partition: int, serving: bool = False) -> PartitionLog:
+        validate_topic_name(topic)
+        meta = self.topic_cache.get(topic)
+        if meta is None:
+            raise UnknownTopic(f"topic: {topic!r} does not exist")
+        validate_partition(partition, meta.partitions)
+        plog = self.logs.get((topic, partition))
+        if plog is None or plog.status not in ("new", "serving"):
+            raise NotOwner(f"broker {self.broker_id} does not own {topic}/{partition}")
+        if serving and plog.status != "serving":
+            raise NotOwner(f"broker {self.broker_id} is still taking over {topic}/{partition}")
+        return plog
+
+    def hint(self, exc: TalosError, target: Any) -> TalosError:
+        """Add the owner we know to a NOT_OWNER answer (client-side addressing)."""
+        if isinstance(exc, NotOwner) and not exc.owner_id:
+            owner = self.assignment.owners.get((target.topic, target.partition), "")
+            exc.owner_id = owner
+            exc.owner_address = self.live_brokers.get(owner, "")
+        return exc
+
+    def metadata(self, wanted: list[str]) -> pb.MetadataResponse:
+        response = pb.MetadataResponse(
+            assignment_version=self.assignment.version, cluster=self.config.cluster
+        )
+        for broker_id, address in sorted(self.live_brokers.items()):
+            response.brokers.add(id=broker_id, address=address)
+        topics = self.topic_cache.all()
+        for name in wanted or sorted(topics):
+            info = response.topics.add(name=name)
+            meta = topics.get(name)
+            if meta is None:
+                info.error.code = UnknownTopic.code
+                info.error.message = f"topic: {name!r} does not exist"
+                continue
+            info.config.CopyFrom(topic_config_to_proto(meta.config))
+            for partition in range(meta.partitions):
+                owner = self.assignment.owners.get((name, partition), "")
+                plog = self.logs.get((name, partition))
+                info.partitions.add(
+                    partition=partition,
+                    owner_id=owner,
+                    epoch=plog.epoch if plog else 0,
+                    log_start=plog.log_start if plog else 0,
+                    log_end=plog.log_end if plog and plog.status == "serving" else -1,
+                )
+        return response
+
+    def allocate_producer_id(self) -> int:
+        return allocate_producer_id(self.zk)
+
+    def delete_topic_data(self, name: str) -> None:
+        self.store.delete_tree(f"{self.config.cluster}/{name}")
+
+
+def _close_zk(zk: KazooClient) -> None:
+    try:
+        zk.stop()
+        zk.close()
+    except Exception:  # closing a dead session must not fail shutdown
+        log.debug("closing ZooKeeper client failed", exc_info=True)
+
+
+async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
+    """Run until SIGTERM/SIGINT; ``ready(address)`` is called once serving."""
+    import signal
+
+    broker = Broker(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, broker.request_stop)
+    try:
+        await broker.start()
+        if ready is not None:
+            ready(broker.address)
+        await broker.serve_until_stopped()
+    finally:
+        await broker.stop()

@@ -1,0 +1,301 @@
+"""The broker's gRPC service: thin handlers that validate, route and convert errors.
+
+Handlers never block the event loop on ZooKeeper: coordination calls run in
+a thread. The produce path touches no ZooKeeper at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from talos import config as cfg
+from talos.errors import (
+    InvalidArgument,
+    MessageTooLarge,
+    TalosError,
+)
+from talos.proto import talos_pb2 as pb
+from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.record.batch import verify_single_batch
+from talos.wire import error_to_proto
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+MAX_WAIT_MS = 30_000
+
+
+def topic_config_to_proto(config: cfg.TopicConfig) -> pb.TopicConfig:
+    return pb.TopicConfig(
+        max_message_bytes=config.max_message_bytes,
+        durability=config.durability,
+        segment_bytes=config.segment_bytes,
+        segment_ms=config.segment_ms,
+    )
+
+
+def topic_config_from_proto(message: pb.TopicConfig) -> cfg.TopicConfig:
+    """Zero or empty fields take the defaults."""
+    defaults = cfg.TopicConfig()
+    return cfg.TopicConfig(
+        max_message_bytes=message.max_message_bytes or defaults.max_message_bytes,
+        durability=message.durability or defaults.durability,
+        segment_bytes=message.segment_bytes or defaults.segment_bytes,
+        segment_ms=message.segment_ms or defaults.segment_ms,
+    ).validated()
+
+
+class BrokerService(pb_grpc.BrokerServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def _coord(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
+
+    # ---- produce / fetch ----------------------------------------------------
+
+    async def Produce(  # noqa: N802
+        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProduceResponse:
+        broker = self.broker
+        futures: list[Awaitable[int]] = []
+        for batch in request.batches:
+            try:
+                plog = broker.owned_log(batch.topic, batch.partition)
+                header = verify_single_batch(batch.records)
+                limit = plog.config.max_message_bytes
+                if header.total_size > limit:
+                    raise MessageTooLarge(
+                        f"records: batch of {header.total_size} bytes exceeds the topic's "
+                        f"max_message_bytes {limit}"
+                    )
+                futures.append(plog.submit(batch.records, header))
+            except TalosError as exc:
+                failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        response = pb.ProduceResponse()
+        for batch, outcome in zip(request.batches, outcomes, strict=True):
+            result = response.results.add(topic=batch.topic, partition=batch.partition)
+            if isinstance(outcome, BaseException):
+                result.error.CopyFrom(error_to_proto(broker.hint(_as_talos(outcome), batch)))
+            else:
+                result.base_offset = outcome
+        return response
+
+    async def Fetch(  # noqa: N802
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FetchResponse:
+        broker = self.broker
+        max_wait = min(max(request.max_wait_ms, 0), MAX_WAIT_MS) / 1000
+        response = self._fetch_once(request)
+        if max_wait > 0 and not any(r.records for r in response.results):
+            waits = []
+            for part, result in zip(request.partitions, response.results, strict=True):
+                if result.HasField("error"):
+                    continue
+                plog = broker.logs.get((part.topic, part.partition))
+                if plog is not None:
+                    waits.append(asyncio.ensure_future(plog.wait_for_data(part.offset, max_wait)))
+            if waits:
+                done, pending = await asyncio.wait(
+                    waits, timeout=max_wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+                response = self._fetch_once(request)
+        return response
+
+    def _fetch_once(self, request: pb.FetchRequest) -> pb.FetchResponse:
+        broker = self.broker
+        response = pb.FetchResponse()
+        for part in request.partitions:
+            result = response.results.add(topic=part.topic, partition=part.partition)
+            try:
+                cfg.validate_offset(part.offset)
+                max_bytes = part.max_bytes if part.max_bytes > 0 else 1024 * 1024
+                plog = broker.owned_log(part.topic, part.partition, serving=True)
+                result.records = plog.read(part.offset, min(max_bytes, MAX_FETCH_BYTES))
+                result.log_start = plog.log_start
+                result.log_end = plog.log_end
+            except TalosError as exc:
+                result.error.CopyFrom(error_to_proto(broker.hint(exc, part)))
+        return response
+
+    async def ListOffsets(  # noqa: N802
+        self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOffsetsResponse:
+        try:
+            plog = self.broker.owned_log(request.topic, request.partition, serving=True)
+            if request.timestamp_ms == -1:
+                offset = plog.log_end
+            elif request.timestamp_ms == -2:
+                offset = plog.log_start
+            elif request.timestamp_ms < 0:
+                raise InvalidArgument(
+                    f"timestamp_ms: must be -1 (latest), -2 (earliest) or >= 0, "
+                    f"got {request.timestamp_ms}"
+                )
+            else:
+                offset = await asyncio.to_thread(plog.offset_for_time, request.timestamp_ms)
+            return pb.ListOffsetsResponse(offset=offset)
+        except TalosError as exc:
+            return pb.ListOffsetsResponse(error=error_to_proto(self.broker.hint(exc, request)))
+
+    # ---- metadata and admin -------------------------------------------------
+
+    async def Metadata(  # noqa: N802
+        self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetadataResponse:
+        return self.broker.metadata(list(request.topics))
+
+    async def CreateTopic(  # noqa: N802
+        self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdminResponse:
+        try:
+            config = topic_config_from_proto(request.config)
+            await self._coord(
+                lambda: self.broker.topics.create(
+                    request.name, request.partitions, config, self.broker.clock.wall_ms()
+                )
+            )
+            await self.broker.topic_cache.refresh_async(request.name)
+            return pb.AdminResponse()
+        except TalosError as exc:
+            return pb.AdminResponse(error=error_to_proto(exc))
+
+    async def AlterTopic(  # noqa: N802
+        self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdminResponse:
+        try:
+            await self._coord(
+                lambda: self.broker.topics.add_partitions(request.name, request.partitions)
+            )
+            await self.broker.topic_cache.refresh_async(request.name)
+            return pb.AdminResponse()
+        except TalosError as exc:
+            return pb.AdminResponse(error=error_to_proto(exc))
+
+    async def DeleteTopic(  # noqa: N802
+        self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdminResponse:
+        try:
+            cfg.validate_topic_name(request.name, "name")
+            await self._coord(lambda: self.broker.topics.delete(request.name))
+            await self.broker.topic_cache.refresh_async(request.name)
+            await self._coord(lambda: self.broker.delete_topic_data(request.name))
+            return pb.AdminResponse()
+        except TalosError as exc:
+            return pb.AdminResponse(error=error_to_proto(exc))
+
+    async def ListTopics(  # noqa: N802
+        self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTopicsResponse:
+        try:
+            names = await self._coord(self.broker.topics.list)
+            return pb.ListTopicsResponse(names=names)
+        except TalosError as exc:
+            return pb.ListTopicsResponse(error=error_to_proto(exc))
+
+    async def InitProducer(  # noqa: N802
+        self, request: pb.InitProducerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InitProducerResponse:
+        try:
+            producer_id = await self._coord(self.broker.allocate_producer_id)
+            return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=0)
+        except TalosError as exc:
+            return pb.InitProducerResponse(error=error_to_proto(exc))
+
+    # ---- consumer groups ----------------------------------------------------
+
+    async def JoinGroup(  # noqa: N802
+        self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinGroupResponse:
+        try:
+            cfg.validate_group_name(request.group)
+            for topic in request.topics:
+                cfg.validate_topic_name(topic, "topics")
+            timeout_ms = request.session_timeout_ms or 10_000
+            if not 1000 <= timeout_ms <= 300_000:
+                raise InvalidArgument(
+                    f"session_timeout_ms: must be between 1000 and 300000, got {timeout_ms}"
+                )
+            view = await self._coord(
+                lambda: self.broker.groups.join(
+                    request.group,
+                    request.member_id,
+                    sorted(request.topics),
+                    timeout_ms,
+                    self.broker.clock.wall_ms(),
+                )
+            )
+            response = pb.JoinGroupResponse(member_id=view.member_id, generation=view.generation)
+            for member_id, topics in sorted(view.members.items()):
+                response.members.add(member_id=member_id, topics=topics)
+            return response
+        except TalosError as exc:
+            return pb.JoinGroupResponse(error=error_to_proto(exc))
+
+    async def LeaveGroup(  # noqa: N802
+        self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdminResponse:
+        try:
+            cfg.validate_group_name(request.group)
+            await self._coord(
+                lambda: self.broker.groups.leave(
+                    request.group, request.member_id, self.broker.clock.wall_ms()
+                )
+            )
+            return pb.AdminResponse()
+        except TalosError as exc:
+            return pb.AdminResponse(error=error_to_proto(exc))
+
+    async def CommitOffsets(  # noqa: N802
+        self, request: pb.OffsetCommitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdminResponse:
+        try:
+            cfg.validate_group_name(request.group)
+            offsets = {}
+            for item in request.offsets:
+                cfg.validate_topic_name(item.topic)
+                cfg.validate_offset(item.offset)
+                offsets[(item.topic, item.partition)] = item.offset
+            await self._coord(
+                lambda: self.broker.groups.commit(
+                    request.group, request.member_id, request.generation, offsets
+                )
+            )
+            return pb.AdminResponse()
+        except TalosError as exc:
+            return pb.AdminResponse(error=error_to_proto(exc))
+
+    async def FetchOffsets(  # noqa: N802
+        self, request: pb.OffsetFetchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OffsetFetchResponse:
+        try:
+            cfg.validate_group_name(request.group)
+            wanted = [(tp.topic, tp.partition) for tp in request.partitions]
+            found = await self._coord(lambda: self.broker.groups.fetch(request.group, wanted))
+            response = pb.OffsetFetchResponse()
+            for (topic, partition), offset in sorted(found.items()):
+                response.offsets.add(topic=topic, partition=partition, offset=offset)
+            return response
+        except TalosError as exc:
+            return pb.OffsetFetchResponse(error=error_to_proto(exc))
+
+
+def _as_talos(exc: BaseException) -> TalosError:
+    if isinstance(exc, TalosError):
+        return exc
+    log.error("unexpected error on the produce path: %r", exc)
+    return TalosError(f"internal error: {exc!r}")

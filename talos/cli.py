@@ -1,0 +1,365 @@
+"""The ``talos`` command line.
+
+Errors go to stderr with a non-zero exit code (2 for bad input, 1 for
+anything else); status commands take ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from talos.config import TopicConfig
+from talos.errors import InvalidArgument, TalosError
+
+DEFAULT_DEV_DIR = "var/dev"
+BOOTSTRAP_FILE = "bootstrap"
+
+
+class CliError(Exception):
+    """A usage problem reported as ``talos: error: ...`` with exit code 2."""
+
+
+def resolve_bootstrap(explicit: str | None) -> str:
+    """--bootstrap, else $TALOS_BOOTSTRAP, else the file `talos dev up` wrote."""
+    if explicit:
+        return explicit
+    env = os.environ.get("TALOS_BOOTSTRAP")
+    if env:
+        return env
+    path = Path(os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR)) / BOOTSTRAP_FILE
+    if path.exists():
+        return path.read_text().strip()
+    raise CliError(
+        "bootstrap: no broker address; pass --bootstrap HOST:PORT, set TALOS_BOOTSTRAP, "
+        f"or start a cluster with `talos dev up` (it writes {path})"
+    )
+
+
+# ---- broker -------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from talos.broker.server import BrokerConfig, run_broker
+
+    config = BrokerConfig(
+        broker_id=args.id,
+        cluster=args.cluster,
+        zookeeper=args.zookeeper,
+        data_dir=args.data_dir,
+        listen=args.listen,
+        advertised_host=args.advertised_host or "",
+        workers=args.workers,
+        session_timeout=args.session_timeout,
+        connect_timeout=args.connect_timeout,
+        reassign_delay_ms=args.reassign_delay_ms,
+    )
+
+    def ready(address: str) -> None:
+        print(f"broker {args.id} serving on {address}", flush=True)
+
+    asyncio.run(run_broker(config, ready))
+    return 0
+
+
+# ---- dev ----------------------------------------------------------------------
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from talos.testing.cluster import LocalCluster
+
+    data_dir = Path(args.data_dir)
+    cluster = LocalCluster(
+        brokers=args.brokers,
+        data_dir=str(data_dir),
+        cluster=args.cluster,
+        session_timeout=args.session_timeout,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    bootstrap_file = data_dir / BOOTSTRAP_FILE
+    try:
+        print(f"starting ZooKeeper and {args.brokers} broker(s) in {data_dir} ...", flush=True)
+        cluster.start()
+        bootstrap_file.write_text(cluster.bootstrap + "\n")
+        print(f"ZooKeeper:  {cluster.zookeeper.address}")
+        print(f"bootstrap:  {cluster.bootstrap}")
+        print(f"(written to {bootstrap_file}; Ctrl-C stops everything)", flush=True)
+        while not stop.wait(0.5):
+            for broker in cluster.brokers:
+                if not broker.alive():
+                    print(f"broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr)
+                    stop.set()
+    finally:
+        print("stopping ...", flush=True)
+        cluster.stop()
+        bootstrap_file.unlink(missing_ok=True)
+    return 0
+
+
+# ---- topics -------------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from talos.client import Admin
+
+    return Admin(resolve_bootstrap(args.bootstrap))
+
+
+def cmd_topic_create(args: argparse.Namespace) -> int:
+    defaults = TopicConfig()
+    config = TopicConfig(
+        max_message_bytes=args.max_message_bytes or defaults.max_message_bytes,
+        durability=args.durability or defaults.durability,
+        segment_bytes=args.segment_bytes or defaults.segment_bytes,
+        segment_ms=args.segment_ms or defaults.segment_ms,
+    ).validated()
+    with _admin(args) as admin:
+        admin.create_topic(args.name, args.partitions, config)
+        if args.wait:
+            admin.wait_until_ready(args.name)
+    print(f"created topic {args.name} with {args.partitions} partition(s)")
+    return 0
+
+
+def cmd_topic_list(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        names = admin.list_topics()
+    if args.json:
+        print(json.dumps(names))
+    else:
+        for name in names:
+            print(name)
+    return 0
+
+
+def cmd_topic_describe(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        description = admin.describe_topic(args.name)
+    data = {
+        "name": description.name,
+        "config": description.config.to_dict(),
+        "partitions": [
+            {
+                "partition": p.partition,
+                "owner": p.owner_id,
+                "address": p.owner_address,
+                "log_end": p.log_end,
+            }
+            for p in description.partitions
+        ],
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    config = description.config
+    print(
+        f"topic {description.name}: {len(description.partitions)} partition(s), "
+        f"durability={config.durability}, max_message_bytes={config.max_message_bytes}, "
+        f"segment_bytes={config.segment_bytes}"
+    )
+    print(f"{'partition':>9}  {'owner':<8} {'address':<22} {'log end':>10}")
+    for p in description.partitions:
+        log_end = str(p.log_end) if p.log_end >= 0 else "-"
+        print(f"{p.partition:>9}  {p.owner_id or '-':<8} {p.owner_address or '-':<22} {log_end:>10}")
+    return 0
+
+
+def cmd_topic_alter(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        admin.alter_topic(args.name, args.partitions)
+    print(f"topic {args.name} now has {args.partitions} partition(s)")
+    return 0
+
+
+def cmd_topic_delete(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        admin.delete_topic(args.name)
+    print(f"deleted topic {args.name}")
+    return 0
+
+
+# ---- produce / consume --------------------------------------------------------
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from talos.client import Producer
+
+    key = args.key.encode() if args.key is not None else None
+    count = 0
+    with Producer(resolve_bootstrap(args.bootstrap), linger_ms=args.linger_ms) as producer:
+        futures = []
+        for line in sys.stdin:
+            value = line.rstrip("\n").encode()
+            futures.append(producer.send(args.topic, value, key=key, partition=args.partition))
+            count += 1
+        producer.flush()
+        for future in futures:
+            future.result()
+    print(f"produced {count} message(s) to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    import time
+
+    from talos.client import Consumer, TopicPartition
+
+    consumer = Consumer(
+        resolve_bootstrap(args.bootstrap),
+        group_id=args.group,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+    )
+    seen = 0
+    try:
+        if args.group:
+            consumer.subscribe([args.topic])
+        else:
+            partitions = consumer.router.route(args.topic).partitions
+            consumer.assign([TopicPartition(args.topic, p) for p in range(partitions)])
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while args.max_messages is None or seen < args.max_messages:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            for message in consumer.poll(timeout_s=min(remaining or 1.0, 1.0)):
+                value = (message.value or b"").decode(errors="replace")
+                if args.print_offsets:
+                    print(f"{message.partition}:{message.offset}\t{value}", flush=True)
+                else:
+                    print(value, flush=True)
+                seen += 1
+                if args.max_messages is not None and seen >= args.max_messages:
+                    break
+        if args.group:
+            consumer.commit()
+    finally:
+        consumer.close()
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------
+
+
+def _positive_int(name: str, low: int = 1) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name}: must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talos", description="Talos message queue")
+    parser.add_argument("--log-level", default=os.environ.get("TALOS_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    broker = sub.add_parser("broker", help="run one broker")
+    broker.add_argument("--zookeeper", required=True, help="ZooKeeper host:port[,host:port]")
+    broker.add_argument("--cluster", default="local", help="cluster name (ZooKeeper chroot)")
+    broker.add_argument("--id", required=True, help="broker id, unique in the cluster")
+    broker.add_argument("--listen", default="127.0.0.1:9092", help="host:port to serve gRPC on")
+    broker.add_argument("--advertised-host", default=None)
+    broker.add_argument("--data-dir", required=True, help="posix log store root")
+    broker.add_argument("--workers", type=_positive_int("workers", 0), default=0)
+    broker.add_argument("--session-timeout", type=float, default=10.0)
+    broker.add_argument("--connect-timeout", type=float, default=10.0)
+    broker.add_argument("--reassign-delay-ms", type=_positive_int("reassign-delay-ms", 0), default=0)
+    broker.set_defaults(func=cmd_broker, log_level_default="INFO")
+
+    dev = sub.add_parser("dev", help="local deployments")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_sub.add_parser("up", help="start ZooKeeper and N brokers until Ctrl-C")
+    up.add_argument("--brokers", type=_positive_int("brokers"), default=3)
+    up.add_argument("--data-dir", default=os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR))
+    up.add_argument("--cluster", default="local")
+    up.add_argument("--session-timeout", type=float, default=6.0)
+    up.set_defaults(func=cmd_dev_up)
+
+    def with_bootstrap(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--bootstrap", default=None, help="broker host:port[,host:port]")
+        return p
+
+    topic = sub.add_parser("topic", help="create, list, describe, alter, delete topics")
+    topic_sub = topic.add_subparsers(dest="topic_command", required=True)
+    create = with_bootstrap(topic_sub.add_parser("create"))
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--durability", choices=("flush", "sync"), default=None)
+    create.add_argument("--max-message-bytes", type=int, default=None)
+    create.add_argument("--segment-bytes", type=int, default=None)
+    create.add_argument("--segment-ms", type=int, default=None)
+    create.add_argument("--wait", action="store_true", help="wait until every partition is served")
+    create.set_defaults(func=cmd_topic_create)
+    listing = with_bootstrap(topic_sub.add_parser("list"))
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_topic_list)
+    describe = with_bootstrap(topic_sub.add_parser("describe"))
+    describe.add_argument("name")
+    describe.add_argument("--json", action="store_true")
+    describe.set_defaults(func=cmd_topic_describe)
+    alter = with_bootstrap(topic_sub.add_parser("alter"))
+    alter.add_argument("name")
+    alter.add_argument("--partitions", type=int, required=True)
+    alter.set_defaults(func=cmd_topic_alter)
+    delete = with_bootstrap(topic_sub.add_parser("delete"))
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_topic_delete)
+
+    produce = with_bootstrap(sub.add_parser("produce", help="one message per stdin line"))
+    produce.add_argument("topic")
+    produce.add_argument("--key", default=None)
+    produce.add_argument("--partition", type=int, default=None)
+    produce.add_argument("--linger-ms", type=float, default=5.0)
+    produce.set_defaults(func=cmd_produce)
+
+    consume = with_bootstrap(sub.add_parser("consume", help="print one message per line"))
+    consume.add_argument("topic")
+    consume.add_argument("--group", default=None)
+    consume.add_argument("--from-beginning", action="store_true")
+    consume.add_argument("--max-messages", type=_positive_int("max-messages"), default=None)
+    consume.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
+    consume.add_argument("--print-offsets", action="store_true")
+    consume.set_defaults(func=cmd_consume)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level
+    if getattr(args, "log_level_default", None) and "--log-level" not in (argv or sys.argv):
+        level = args.log_level_default
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except (CliError, InvalidArgument) as exc:
+        print(f"talos: error: {exc}", file=sys.stderr)
+        return 2
+    except TalosError as exc:
+        print(f"talos: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

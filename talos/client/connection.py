@@ -1,0 +1,101 @@
+"""gRPC channels to brokers, one per address, and the conversion of call failures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import tenacity
+
+from talos.errors import InvalidArgument, TalosError, Unavailable
+from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.wire import from_grpc_error
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
+    """'h1:p1,h2:p2' or a list -> addresses; InvalidArgument names the parameter."""
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    addresses = [item.strip() for item in items if item.strip()]
+    if not addresses:
+        raise InvalidArgument("bootstrap: at least one broker address host:port is required")
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgument(f"bootstrap: {address!r} is not host:port with port 1-65535")
+    return addresses
+
+
+def retry_policy(timeout: float) -> tenacity.Retrying:
+    """Retry retriable Talos errors with exponential backoff until ``timeout`` seconds."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, TalosError) and e.retriable),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+        stop=tenacity.stop_after_delay(timeout),
+        reraise=True,
+    )
+
+
+class Connections:
+    """One channel and stub per broker address, shared by the client's parts."""
+
+    def __init__(self, bootstrap: str | Sequence[str], request_timeout: float = 30.0) -> None:
+        self.bootstrap = parse_bootstrap(bootstrap)
+        self.request_timeout = request_timeout
+        self._stubs: dict[str, pb_grpc.BrokerStub] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, address: str) -> pb_grpc.BrokerStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            with self._lock:
+                stub = self._stubs.get(address)
+                if stub is None:
+                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    self._channels[address] = channel
+                    stub = pb_grpc.BrokerStub(channel)
+                    self._stubs[address] = stub
+        return stub
+
+    def call(self, address: str, method: str, request: Any, timeout: float | None = None) -> Any:
+        """One unary call; grpc failures become retriable Talos errors."""
+        rpc: Callable[..., Any] = getattr(self.stub(address), method)
+        try:
+            return rpc(request, timeout=timeout or self.request_timeout)
+        except grpc.RpcError as exc:
+            raise from_grpc_error(exc, address) from None
+
+    def call_any(
+        self, method: str, request: Any, addresses: Sequence[str] = (), timeout: float | None = None
+    ) -> Any:
+        """Try the given brokers then the bootstrap list until one answers."""
+        last: TalosError | None = None
+        seen: set[str] = set()
+        for address in [*addresses, *self.bootstrap]:
+            if address in seen:
+                continue
+            seen.add(address)
+            try:
+                return self.call(address, method, request, timeout)
+            except Unavailable as exc:
+                last = exc
+        raise Unavailable(f"no broker answered (tried {', '.join(sorted(seen))}): {last}")
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()

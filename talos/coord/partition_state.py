@@ -1,0 +1,237 @@
+"""Partition state: owner, epoch and segment list, changed only by compare-and-set.
+
+This znode is the arbiter of the single-writer protocol (DESIGN §4): a
+takeover bumps the epoch, a roll seals the open segment and registers the
+next one, and a stale owner learns it was fenced because its CAS fails.
+The transitions are pure methods; :class:`PartitionStateStore` does the I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NoNodeError
+
+from talos.config import validate_topic_name
+from talos.coord import paths
+from talos.coord.zk import dumps, loads, zk_errors
+from talos.errors import CoordinationError, Fenced, InvalidArgument, UnknownTopic
+
+
+def _check_nonneg(value: object, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{param}: must be an integer >= 0, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One segment file. ``end_offset`` is exclusive (the next offset after it).
+
+    An open segment has neither ``end_offset`` nor ``size`` yet.
+    """
+
+    base_offset: int
+    epoch: int
+    end_offset: int | None = None
+    size: int | None = None
+
+    @property
+    def sealed(self) -> bool:
+        return self.end_offset is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentInfo:
+        return cls(
+            base_offset=int(data["base_offset"]),
+            epoch=int(data["epoch"]),
+            end_offset=None if data.get("end_offset") is None else int(data["end_offset"]),
+            size=None if data.get("size") is None else int(data["size"]),
+        )
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    epoch: int = 0
+    owner: str = ""
+    segments: tuple[SegmentInfo, ...] = ()
+    #: The znode version this state was read at; not serialized. -1: never stored.
+    version: int = -1
+    log_start: int = 0
+
+    def to_json(self) -> bytes:
+        return dumps(
+            {
+                "epoch": self.epoch,
+                "owner": self.owner,
+                "log_start": self.log_start,
+                "segments": [segment.to_dict() for segment in self.segments],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, version: int) -> PartitionState:
+        raw = loads(data, "partition state")
+        try:
+            return cls(
+                epoch=int(raw["epoch"]),
+                owner=str(raw["owner"]),
+                segments=tuple(SegmentInfo.from_dict(s) for s in raw["segments"]),
+                version=version,
+                log_start=int(raw.get("log_start", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CoordinationError(f"partition state: malformed ({exc!r})") from None
+
+    @property
+    def open_segment(self) -> SegmentInfo | None:
+        if self.segments and not self.segments[-1].sealed:
+            return self.segments[-1]
+        return None
+
+    @property
+    def sealed_end(self) -> int:
+        for segment in reversed(self.segments):
+            if segment.end_offset is not None:
+                return segment.end_offset
+        return self.log_start
+
+    def segment(self, base_offset: int) -> SegmentInfo | None:
+        for segment in self.segments:
+            if segment.base_offset == base_offset:
+                return segment
+        return None
+
+    def with_owner(self, owner: str) -> PartitionState:
+        """Takeover step 1: the next epoch belongs to ``owner``."""
+        if not isinstance(owner, str) or not owner:
+            raise InvalidArgument(f"owner: must be a non-empty broker id, got {owner!r}")
+        return dataclasses.replace(self, epoch=self.epoch + 1, owner=owner)
+
+    def with_sealed(self, base_offset: int, end_offset: int, size: int) -> PartitionState:
+        """Record a segment's sealed end; an already sealed segment keeps its first end."""
+        _check_nonneg(base_offset, "base_offset")
+        _check_nonneg(end_offset, "end_offset")
+        _check_nonneg(size, "size")
+        index = next((i for i, s in enumerate(self.segments) if s.base_offset == base_offset), None)
+        if index is None:
+            raise InvalidArgument(
+                f"base_offset: no segment starts at {base_offset}; segments start at "
+                f"{[s.base_offset for s in self.segments]}"
+            )
+        segment = self.segments[index]
+        if segment.sealed:
+            return self
+        if end_offset < base_offset:
+            raise InvalidArgument(
+                f"end_offset: must be >= base_offset {base_offset}, got {end_offset}"
+            )
+        sealed = dataclasses.replace(segment, end_offset=end_offset, size=size)
+        return dataclasses.replace(
+            self, segments=(*self.segments[:index], sealed, *self.segments[index + 1 :])
+        )
+
+    def with_new_segment(self, base_offset: int, epoch: int) -> PartitionState:
+        """Register the next open segment; it must start where the log ends."""
+        _check_nonneg(base_offset, "base_offset")
+        _check_nonneg(epoch, "epoch")
+        if self.open_segment is not None:
+            raise InvalidArgument(
+                f"base_offset: the segment at {self.open_segment.base_offset} is still open; "
+                "seal it before adding another"
+            )
+        if base_offset != self.sealed_end:
+            raise InvalidArgument(
+                f"base_offset: must equal the end of the log {self.sealed_end}, got {base_offset}"
+            )
+        low = self.segments[-1].epoch if self.segments else 0
+        if not low <= epoch <= self.epoch:
+            raise InvalidArgument(
+                f"epoch: must be between {low} (last segment) and {self.epoch} (partition), "
+                f"got {epoch}"
+            )
+        return dataclasses.replace(
+            self, segments=(*self.segments, SegmentInfo(base_offset=base_offset, epoch=epoch))
+        )
+
+
+class PartitionStateStore:
+    """Reads and compare-and-sets ``/topics/<topic>/partitions/<p>``."""
+
+    def __init__(self, zk: KazooClient) -> None:
+        self._zk = zk
+
+    @staticmethod
+    def _path(topic: str, partition: int) -> str:
+        validate_topic_name(topic)
+        _check_nonneg(partition, "partition")
+        return paths.partition(topic, partition)
+
+    def get(self, topic: str, partition: int) -> PartitionState:
+        path = self._path(topic, partition)
+        with zk_errors(f"reading partition state of {topic}/{partition}"):
+            try:
+                data, stat = self._zk.get(path)
+            except NoNodeError:
+                raise UnknownTopic(
+                    f"topic {topic!r} partition {partition} does not exist"
+                ) from None
+        return PartitionState.from_json(data, stat.version)
+
+    def compare_and_set(
+        self, topic: str, partition: int, new: PartitionState, expected_version: int
+    ) -> PartitionState:
+        """Write ``new`` if the znode is still at ``expected_version``.
+
+        Raises Fenced when someone else changed it first. A CoordinationError
+        (connection lost) leaves it unknown whether the write landed: re-read
+        and compare before retrying.
+        """
+        path = self._path(topic, partition)
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise InvalidArgument(f"expected_version: must be an integer, got {expected_version!r}")
+        with zk_errors(f"writing partition state of {topic}/{partition}"):
+            try:
+                stat = self._zk.set(path, new.to_json(), version=expected_version)
+            except BadVersionError:
+                raise Fenced(
+                    f"partition {topic}/{partition} was moved by someone else "
+                    f"(expected state version {expected_version})"
+                ) from None
+            except NoNodeError:
+                raise UnknownTopic(
+                    f"topic {topic!r} partition {partition} does not exist"
+                ) from None
+        return dataclasses.replace(new, version=stat.version)
+
+    def watch(
+        self, topic: str, partition: int, callback: Callable[[PartitionState | None], None]
+    ) -> Callable[[], None]:
+        """Call ``callback`` now and on every change (None once the partition is gone).
+
+        For readers waiting for a sealed end. Returns a function that stops
+        the watch (effective at the next change).
+        """
+        path = self._path(topic, partition)
+        stopped = threading.Event()
+
+        def on_change(data: bytes | None, stat: Any) -> bool | None:
+            if stopped.is_set():
+                return False
+            if data is None or stat is None:
+                callback(None)
+            else:
+                callback(PartitionState.from_json(data, stat.version))
+            return None
+
+        with zk_errors(f"watching partition state of {topic}/{partition}"):
+            self._zk.DataWatch(path, on_change)
+        return stopped.set

@@ -1,0 +1,201 @@
+"""Topics in ZooKeeper: one znode per topic plus one partition-state znode per partition.
+
+A topic and all its partitions appear in one transaction, so nobody sees a
+topic whose partitions are missing.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from talos.config import (
+    MAX_PARTITIONS,
+    TopicConfig,
+    validate_partition_count,
+    validate_topic_name,
+)
+from talos.coord import paths
+from talos.coord.partition_state import PartitionState
+from talos.coord.zk import dumps, loads, txn_failure, zk_errors
+from talos.errors import CoordinationError, InvalidArgument, TopicExists, UnknownTopic
+
+log = logging.getLogger(__name__)
+
+_CAS_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class TopicMeta:
+    name: str
+    partitions: int
+    config: TopicConfig
+    created_ms: int
+    mirror: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        return dumps(
+            {
+                "name": self.name,
+                "partitions": self.partitions,
+                "config": self.config.to_dict(),
+                "created_ms": self.created_ms,
+                "mirror": self.mirror,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TopicMeta:
+        raw = loads(data, "topic")
+        try:
+            mirror = raw.get("mirror")
+            return cls(
+                name=str(raw["name"]),
+                partitions=int(raw["partitions"]),
+                config=TopicConfig.from_dict(raw["config"]),
+                created_ms=int(raw["created_ms"]),
+                mirror=dict(mirror) if mirror is not None else None,
+            )
+        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+            raise CoordinationError(f"topic: malformed metadata ({exc})") from None
+
+
+def _check_mirror(mirror: object) -> dict[str, Any] | None:
+    if mirror is None:
+        return None
+    if not isinstance(mirror, Mapping):
+        raise InvalidArgument(f"mirror: must be a mapping or None, got {type(mirror).__name__}")
+    try:
+        dumps(dict(mirror))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"mirror: must be JSON-serializable ({exc})") from None
+    return dict(mirror)
+
+
+class TopicStore:
+    def __init__(self, zk: KazooClient) -> None:
+        self._zk = zk
+
+    def create(
+        self,
+        name: str,
+        partitions: int,
+        config: TopicConfig,
+        now_ms: int,
+        *,
+        mirror: Mapping[str, Any] | None = None,
+    ) -> TopicMeta:
+        """Create the topic with ``partitions`` empty partitions; TopicExists if present."""
+        validate_topic_name(name)
+        validate_partition_count(partitions)
+        if not isinstance(config, TopicConfig):
+            raise InvalidArgument(f"config: must be a TopicConfig, got {type(config).__name__}")
+        config.validated()
+        if isinstance(now_ms, bool) or not isinstance(now_ms, int) or now_ms < 0:
+            raise InvalidArgument(f"now_ms: must be an integer >= 0, got {now_ms!r}")
+        meta = TopicMeta(name, partitions, config, now_ms, _check_mirror(mirror))
+
+        empty = PartitionState().to_json()
+        txn = self._zk.transaction()
+        txn.create(paths.topic(name), meta.to_json())
+        txn.create(paths.partitions(name), b"")
+        for partition in range(partitions):
+            txn.create(paths.partition(name, partition), empty)
+        with zk_errors(f"creating topic {name!r}"):
+            failure = txn_failure(txn.commit())
+            if isinstance(failure, NodeExistsError):
+                raise TopicExists(f"topic {name!r} already exists")
+            if failure is not None:
+                raise failure
+        return meta
+
+    def _read(self, name: str) -> tuple[TopicMeta, int]:
+        validate_topic_name(name)
+        with zk_errors(f"reading topic {name!r}"):
+            try:
+                data, stat = self._zk.get(paths.topic(name))
+            except NoNodeError:
+                raise UnknownTopic(f"topic {name!r} does not exist") from None
+        return TopicMeta.from_json(data), stat.version
+
+    def get(self, name: str) -> TopicMeta:
+        return self._read(name)[0]
+
+    def list(self) -> list[str]:
+        with zk_errors("listing topics"):
+            return sorted(self._zk.get_children(paths.TOPICS))
+
+    def delete(self, name: str) -> None:
+        """Remove the topic and all its partition state."""
+        validate_topic_name(name)
+        with zk_errors(f"deleting topic {name!r}"):
+            if self._zk.exists(paths.topic(name)) is None:
+                raise UnknownTopic(f"topic {name!r} does not exist")
+            try:
+                self._zk.delete(paths.topic(name), recursive=True)
+            except NoNodeError:  # someone else deleted it meanwhile
+                raise UnknownTopic(f"topic {name!r} does not exist") from None
+
+    def add_partitions(self, name: str, new_count: int) -> TopicMeta:
+        """Grow the topic to ``new_count`` partitions (partitions never shrink)."""
+        validate_topic_name(name)
+        if isinstance(new_count, bool) or not isinstance(new_count, int):
+            raise InvalidArgument(f"new_count: must be an integer, got {new_count!r}")
+        for _ in range(_CAS_ATTEMPTS):
+            meta, version = self._read(name)
+            if not meta.partitions < new_count <= MAX_PARTITIONS:
+                raise InvalidArgument(
+                    f"new_count: must be greater than the current {meta.partitions} and at most "
+                    f"{MAX_PARTITIONS}, got {new_count}"
+                )
+            grown = TopicMeta(meta.name, new_count, meta.config, meta.created_ms, meta.mirror)
+            if self._commit_update(name, grown, version, range(meta.partitions, new_count)):
+                return grown
+        raise CoordinationError(f"adding partitions to {name!r}: too much contention, retry")
+
+    def set_mirror(self, name: str, mirror: Mapping[str, Any] | None) -> TopicMeta:
+        """Replace the topic's mirror settings (None: an ordinary, writable topic)."""
+        value = _check_mirror(mirror)
+        for _ in range(_CAS_ATTEMPTS):
+            meta, version = self._read(name)
+            updated = TopicMeta(meta.name, meta.partitions, meta.config, meta.created_ms, value)
+            if self._commit_update(name, updated, version, range(0)):
+                return updated
+        raise CoordinationError(f"updating mirror of {name!r}: too much contention, retry")
+
+    def _commit_update(
+        self, name: str, meta: TopicMeta, version: int, new_partitions: range
+    ) -> bool:
+        """CAS the topic znode (and create partitions); False if it changed meanwhile."""
+        txn = self._zk.transaction()
+        txn.set_data(paths.topic(name), meta.to_json(), version=version)
+        empty = PartitionState().to_json()
+        for partition in new_partitions:
+            txn.create(paths.partition(name, partition), empty)
+        with zk_errors(f"updating topic {name!r}"):
+            failure = txn_failure(txn.commit())
+            if failure is None:
+                return True
+            if isinstance(failure, BadVersionError):
+                return False
+            if isinstance(failure, NoNodeError):
+                raise UnknownTopic(f"topic {name!r} does not exist")
+            raise failure
+
+    def watch(self, callback: Callable[[builtins.list[str]], None]) -> None:
+        """Call ``callback`` with the sorted topic names now and whenever they change."""
+
+        def on_children(children: builtins.list[str]) -> None:
+            try:
+                callback(sorted(children))
+            except Exception:
+                log.exception("topic watch callback failed")
+
+        with zk_errors("watching topics"):
+            self._zk.ChildrenWatch(paths.TOPICS, on_children)

@@ -1,0 +1,213 @@
+"""A local cluster of real processes: one ZooKeeper and N broker processes.
+
+``talos dev up``, the demo and the integration tests all use it, so what
+the tests exercise is what a person runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from talos.client.connection import Connections
+from talos.errors import TalosError, TalosTimeout
+from talos.proto import talos_pb2 as pb
+
+from .zookeeper import ZooKeeperServer, free_port
+
+
+@dataclass
+class BrokerProcess:
+    broker_id: str
+    port: int
+    log_path: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        env = {**os.environ, **self.extra_env}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        brokers: int = 3,
+        data_dir: str | None = None,
+        cluster: str = "local",
+        session_timeout: float = 4.0,
+        reassign_delay_ms: int = 0,
+        zookeeper: ZooKeeperServer | None = None,
+    ) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.session_timeout = session_timeout
+        self.reassign_delay_ms = reassign_delay_ms
+        self._own_zk = zookeeper is None
+        self.zookeeper = zookeeper or ZooKeeperServer(
+            data_dir=os.path.join(self.data_dir, "zookeeper")
+        )
+        self.brokers: list[BrokerProcess] = []
+        self._broker_count = brokers
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.data_dir, "store")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.address for b in self.brokers)
+
+    def _broker_args(self, broker_id: str, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "talos",
+            "broker",
+            "--zookeeper",
+            self.zookeeper.address,
+            "--cluster",
+            self.cluster,
+            "--id",
+            broker_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            self.store_dir,
+            "--session-timeout",
+            str(self.session_timeout),
+            "--reassign-delay-ms",
+            str(self.reassign_delay_ms),
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self._own_zk:
+            self.zookeeper.start()
+        for i in range(self._broker_count):
+            self.add_broker(start=True)
+        self.wait_for_brokers(self._broker_count, timeout)
+
+    def add_broker(self, start: bool = True) -> BrokerProcess:
+        broker_id = f"b{len(self.brokers) + 1}"
+        port = free_port()
+        broker = BrokerProcess(
+            broker_id,
+            port,
+            os.path.join(self.data_dir, f"broker-{broker_id}.log"),
+            self._broker_args(broker_id, port),
+        )
+        self.brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    def restart(self, broker: BrokerProcess) -> None:
+        broker.stop()
+        broker.start()
+
+    def live_brokers(self) -> dict[str, str]:
+        connections = Connections([b.address for b in self.brokers if b.alive()] or ["127.0.0.1:1"])
+        try:
+            response: pb.MetadataResponse = connections.call_any(
+                "Metadata", pb.MetadataRequest(topics=[]), timeout=2.0
+            )
+            return {b.id: b.address for b in response.brokers}
+        finally:
+            connections.close()
+
+    def wait_for_brokers(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for broker in self.brokers:
+                if broker.process is not None and broker.process.poll() not in (None, 0):
+                    raise TalosError(
+                        f"broker {broker.broker_id} exited with {broker.process.returncode}; "
+                        f"see {broker.log_path}:\n{_tail(broker.log_path)}"
+                    )
+            try:
+                if len(self.live_brokers()) >= count:
+                    return
+            except TalosError:
+                pass
+            if time.monotonic() > deadline:
+                raise TalosTimeout(f"{count} brokers did not register within {timeout}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for broker in self.brokers:
+            broker.stop()
+        if self._own_zk:
+            self.zookeeper.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,63 @@
+"""Errors across the wire: TalosError <-> the proto Error message, and gRPC failures.
+
+Both the broker and the client use these, so one error means one thing on
+both sides.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from talos.errors import (
+    ErrorCode,
+    Gap,
+    NotOwner,
+    OffsetOutOfRange,
+    TalosError,
+    TalosTimeout,
+    Unavailable,
+    from_wire,
+)
+from talos.proto import talos_pb2 as pb
+
+
+def error_to_proto(exc: TalosError) -> pb.Error:
+    error = pb.Error(code=int(exc.code), message=exc.message)
+    if isinstance(exc, NotOwner):
+        error.owner_id = exc.owner_id
+        error.owner_address = exc.owner_address
+    elif isinstance(exc, Gap):
+        error.log_end = exc.log_end
+    elif isinstance(exc, OffsetOutOfRange):
+        error.log_end = exc.log_end
+        error.log_start = exc.log_start
+    return error
+
+
+def error_from_proto(error: pb.Error) -> TalosError | None:
+    """None when the message carries no error."""
+    if error.code == ErrorCode.NONE:
+        return None
+    return from_wire(
+        error.code,
+        error.message,
+        owner_id=error.owner_id,
+        owner_address=error.owner_address,
+        log_end=error.log_end,
+        log_start=error.log_start,
+    )
+
+
+def raise_for(error: pb.Error) -> None:
+    exc = error_from_proto(error)
+    if exc is not None:
+        raise exc
+
+
+def from_grpc_error(exc: grpc.RpcError, address: str) -> TalosError:
+    """A failed call (broker down, deadline, cancelled) as a retriable Talos error."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TalosTimeout(f"broker {address}: deadline exceeded")
+    return Unavailable(f"broker {address}: {code.name if code else 'error'}: {details}")
