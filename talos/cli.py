@@ -98,7 +98,9 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             for broker in cluster.brokers:
                 if not broker.alive():
-                    print(f"broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr)
+                    print(
+                        f"broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr
+                    )
                     stop.set()
     finally:
         print("stopping ...", flush=True)
@@ -171,7 +173,9 @@ def cmd_topic_describe(args: argparse.Namespace) -> int:
     print(f"{'partition':>9}  {'owner':<8} {'address':<22} {'log end':>10}")
     for p in description.partitions:
         log_end = str(p.log_end) if p.log_end >= 0 else "-"
-        print(f"{p.partition:>9}  {p.owner_id or '-':<8} {p.owner_address or '-':<22} {log_end:>10}")
+        print(
+            f"{p.partition:>9}  {p.owner_id or '-':<8} {p.owner_address or '-':<22} {log_end:>10}"
+        )
     return 0
 
 
@@ -279,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--workers", type=_positive_int("workers", 0), default=0)
     broker.add_argument("--session-timeout", type=float, default=10.0)
     broker.add_argument("--connect-timeout", type=float, default=10.0)
-    broker.add_argument("--reassign-delay-ms", type=_positive_int("reassign-delay-ms", 0), default=0)
+    broker.add_argument(
+        "--reassign-delay-ms", type=_positive_int("reassign-delay-ms", 0), default=0
+    )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 
     dev = sub.add_parser("dev", help="local deployments")

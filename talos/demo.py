@@ -45,7 +45,13 @@ def main() -> int:
         lines = "\n".join(f"hello talos #{i}" for i in range(1, 13)) + "\n"
         talos("produce", "demo", stdin=lines, bootstrap=bootstrap)
         out = talos(
-            "consume", "demo", "--from-beginning", "--max-messages", "12", "--timeout", "30",
+            "consume",
+            "demo",
+            "--from-beginning",
+            "--max-messages",
+            "12",
+            "--timeout",
+            "30",
             bootstrap=bootstrap,
         )
         got = sorted(out.split("\n"))
@@ -58,7 +64,13 @@ def main() -> int:
         talos("produce", "demo", stdin="after the crash\n", bootstrap=cluster.bootstrap)
         talos("topic", "describe", "demo", bootstrap=bootstrap)
         out = talos(
-            "consume", "demo", "--from-beginning", "--max-messages", "13", "--timeout", "60",
+            "consume",
+            "demo",
+            "--from-beginning",
+            "--max-messages",
+            "13",
+            "--timeout",
+            "60",
             bootstrap=bootstrap,
         )
         if len([line for line in out.split("\n") if line]) != 13:

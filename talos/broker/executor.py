@@ -27,7 +27,9 @@ class _Worker:
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.queued_bytes = 0
         self.partitions = 0
-        self.thread = threading.Thread(target=self._run, name=f"partition-worker-{index}", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"partition-worker-{index}", daemon=True
+        )
 
     def _run(self) -> None:
         while True:

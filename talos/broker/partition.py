@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -212,12 +213,16 @@ class PartitionLog:
         self.loop.call_soon_threadsafe(self.ready.set)
 
     def _not_owner(self, why: str) -> NotOwner:
-        return NotOwner(f"broker {self.broker_id} does not own {self.topic}/{self.partition}: {why}")
+        return NotOwner(
+            f"broker {self.broker_id} does not own {self.topic}/{self.partition}: {why}"
+        )
 
     def _take_over(self) -> None:
         states, topic, partition = self.states, self.topic, self.partition
         state = states.get(topic, partition)
-        state = states.compare_and_set(topic, partition, state.with_owner(self.broker_id), state.version)
+        state = states.compare_and_set(
+            topic, partition, state.with_owner(self.broker_id), state.version
+        )
         self.epoch = state.epoch
         previous = state.open_segment
         if previous is not None:
@@ -238,7 +243,11 @@ class PartitionLog:
         self.status = "serving"
         log.info(
             "broker %s took over %s/%d at epoch %d, log end %d",
-            self.broker_id, topic, partition, self.epoch, log_end,
+            self.broker_id,
+            topic,
+            partition,
+            self.epoch,
+            log_end,
         )
 
     def _seal_previous(self, state: PartitionState, previous: SegmentInfo) -> PartitionState:
@@ -384,10 +393,8 @@ class PartitionLog:
             return
         self.status = status
         if self._open is not None:
-            try:
+            with contextlib.suppress(TalosError):
                 self._open.stream.close()
-            except TalosError:
-                pass
         log.info("broker %s gave up %s/%d: %s", self.broker_id, self.topic, self.partition, why)
         self.loop.call_soon_threadsafe(self._after_give_up, why)
 

@@ -18,6 +18,7 @@ import grpc
 from kazoo.client import KazooClient
 
 from talos.clock import SYSTEM_CLOCK, Clock
+from talos.config import validate_partition, validate_topic_name
 from talos.coord.brokers import BrokerRegistry
 from talos.coord.controller import Assignment, AssignmentWatcher, Controller
 from talos.coord.groups import GroupStore
@@ -25,7 +26,6 @@ from talos.coord.partition_state import PartitionStateStore
 from talos.coord.producer_ids import allocate_producer_id
 from talos.coord.topics import TopicMeta, TopicStore
 from talos.coord.zk import connect
-from talos.config import validate_partition, validate_topic_name
 from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
@@ -161,7 +161,10 @@ class Broker:
         AssignmentWatcher(self.zk, self._on_assignment)
         await asyncio.to_thread(self.registry.register, self.broker_id, self.address)
         self.controller = Controller(
-            self.zk, self.broker_id, reassign_delay_ms=self.config.reassign_delay_ms, clock=self.clock
+            self.zk,
+            self.broker_id,
+            reassign_delay_ms=self.config.reassign_delay_ms,
+            clock=self.clock,
         )
         self.controller.start()
         log.info("broker %s serving on %s", self.broker_id, self.address)

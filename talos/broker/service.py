@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -54,7 +54,7 @@ def topic_config_from_proto(message: pb.TopicConfig) -> cfg.TopicConfig:
     ).validated()
 
 
-class BrokerService(pb_grpc.BrokerServicer):
+class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
@@ -63,8 +63,8 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     # ---- produce / fetch ----------------------------------------------------
 
-    async def Produce(  # noqa: N802
-        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
+    async def Produce(
+        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
         broker = self.broker
         futures: list[Awaitable[int]] = []
@@ -93,8 +93,8 @@ class BrokerService(pb_grpc.BrokerServicer):
                 result.base_offset = outcome
         return response
 
-    async def Fetch(  # noqa: N802
-        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    async def Fetch(
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
         broker = self.broker
         max_wait = min(max(request.max_wait_ms, 0), MAX_WAIT_MS) / 1000
@@ -108,7 +108,7 @@ class BrokerService(pb_grpc.BrokerServicer):
                 if plog is not None:
                     waits.append(asyncio.ensure_future(plog.wait_for_data(part.offset, max_wait)))
             if waits:
-                done, pending = await asyncio.wait(
+                _done, pending = await asyncio.wait(
                     waits, timeout=max_wait, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in pending:
@@ -132,8 +132,8 @@ class BrokerService(pb_grpc.BrokerServicer):
                 result.error.CopyFrom(error_to_proto(broker.hint(exc, part)))
         return response
 
-    async def ListOffsets(  # noqa: N802
-        self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext
+    async def ListOffsets(
+        self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListOffsetsResponse:
         try:
             plog = self.broker.owned_log(request.topic, request.partition, serving=True)
@@ -154,13 +154,13 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     # ---- metadata and admin -------------------------------------------------
 
-    async def Metadata(  # noqa: N802
-        self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext
+    async def Metadata(
+        self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetadataResponse:
         return self.broker.metadata(list(request.topics))
 
-    async def CreateTopic(  # noqa: N802
-        self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext
+    async def CreateTopic(
+        self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
             config = topic_config_from_proto(request.config)
@@ -174,8 +174,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.AdminResponse(error=error_to_proto(exc))
 
-    async def AlterTopic(  # noqa: N802
-        self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext
+    async def AlterTopic(
+        self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
             await self._coord(
@@ -186,8 +186,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.AdminResponse(error=error_to_proto(exc))
 
-    async def DeleteTopic(  # noqa: N802
-        self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext
+    async def DeleteTopic(
+        self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
             cfg.validate_topic_name(request.name, "name")
@@ -198,8 +198,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.AdminResponse(error=error_to_proto(exc))
 
-    async def ListTopics(  # noqa: N802
-        self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
+    async def ListTopics(
+        self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTopicsResponse:
         try:
             names = await self._coord(self.broker.topics.list)
@@ -207,8 +207,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.ListTopicsResponse(error=error_to_proto(exc))
 
-    async def InitProducer(  # noqa: N802
-        self, request: pb.InitProducerRequest, context: grpc.aio.ServicerContext
+    async def InitProducer(
+        self, request: pb.InitProducerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InitProducerResponse:
         try:
             producer_id = await self._coord(self.broker.allocate_producer_id)
@@ -218,8 +218,8 @@ class BrokerService(pb_grpc.BrokerServicer):
 
     # ---- consumer groups ----------------------------------------------------
 
-    async def JoinGroup(  # noqa: N802
-        self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext
+    async def JoinGroup(
+        self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.JoinGroupResponse:
         try:
             cfg.validate_group_name(request.group)
@@ -246,8 +246,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.JoinGroupResponse(error=error_to_proto(exc))
 
-    async def LeaveGroup(  # noqa: N802
-        self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext
+    async def LeaveGroup(
+        self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
             cfg.validate_group_name(request.group)
@@ -260,8 +260,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.AdminResponse(error=error_to_proto(exc))
 
-    async def CommitOffsets(  # noqa: N802
-        self, request: pb.OffsetCommitRequest, context: grpc.aio.ServicerContext
+    async def CommitOffsets(
+        self, request: pb.OffsetCommitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
             cfg.validate_group_name(request.group)
@@ -279,8 +279,8 @@ class BrokerService(pb_grpc.BrokerServicer):
         except TalosError as exc:
             return pb.AdminResponse(error=error_to_proto(exc))
 
-    async def FetchOffsets(  # noqa: N802
-        self, request: pb.OffsetFetchRequest, context: grpc.aio.ServicerContext
+    async def FetchOffsets(
+        self, request: pb.OffsetFetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.OffsetFetchResponse:
         try:
             cfg.validate_group_name(request.group)

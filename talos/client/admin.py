@@ -129,7 +129,9 @@ class Admin:
             if all(p.owner_address and p.log_end >= 0 for p in description.partitions):
                 return description
             if self.clock.monotonic() >= deadline:
-                raise TalosTimeout(f"topic {name!r}: not every partition is served after {timeout_s}s")
+                raise TalosTimeout(
+                    f"topic {name!r}: not every partition is served after {timeout_s}s"
+                )
             self.clock.sleep(0.1)
 
     def close(self) -> None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import grpc
-import tenacity
 
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import validate_partition, validate_topic_name
@@ -97,7 +96,8 @@ class Producer:
             )
         if not 1 <= max_in_flight_per_broker <= 64:
             raise InvalidArgument(
-                f"max_in_flight_per_broker: must be between 1 and 64, got {max_in_flight_per_broker}"
+                "max_in_flight_per_broker: must be between 1 and 64, "
+                f"got {max_in_flight_per_broker}"
             )
         self.codec: Codec = parse_codec(compression)
         self.linger_s = linger_ms / 1000
@@ -375,11 +375,6 @@ class Producer:
             self._lock.notify_all()
 
 
-_WAIT = tenacity.wait_exponential(multiplier=0.02, max=1.0)
-
-
 def _backoff(attempt: int) -> float:
-    """Exponential backoff shared with the client's other retry policies."""
-    state = tenacity.RetryCallState(None, None, (), {})
-    state.attempt_number = attempt
-    return float(_WAIT(state))
+    """Exponential backoff for a batch's next attempt, capped at one second."""
+    return float(min(1.0, 0.02 * 2 ** min(attempt, 10)))

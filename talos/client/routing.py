@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import TopicConfig
-from talos.errors import UnknownTopic, Unavailable
+from talos.errors import Unavailable, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.wire import error_from_proto
 

@@ -159,27 +159,30 @@ def _check_pos(pos: int) -> None:
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
-    out = bytearray(uvarint(len(headers)))
+    parts = [uvarint(len(headers))]
+    add = parts.append
     for header in headers:
-        if not isinstance(header, tuple | list) or len(header) != 2 or type(header[0]) is not str:
+        try:
+            name, value = header
+            raw = name.encode("utf-8")
+        except (TypeError, ValueError, AttributeError):  # UnicodeEncodeError is a ValueError
             raise InvalidArgument(
                 f"headers: each must be a (str, bytes | None) pair, not {header!r}"
-            )
-        name, value = header
-        try:
-            raw = name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"headers: key {name!r} cannot be encoded as UTF-8") from None
-        out += uvarint(len(raw))
-        out += raw
+            ) from None
+        add(uvarint(len(raw)))
+        add(raw)
         if value is None:
-            out += _NULL
+            add(_NULL)
+        elif isinstance(value, bytes | bytearray | memoryview):
+            add(zvarint(len(value)))
+            add(value)
         else:
-            if not isinstance(value, bytes | bytearray | memoryview):
-                raise InvalidArgument(f"headers: value of {name!r} must be bytes or None")
-            out += zvarint(len(value))
-            out += value
-    return bytes(out)
+            raise InvalidArgument(f"headers: value of {name!r} must be bytes or None")
+    return b"".join(parts)
+
+
+def _varint_size(n: int) -> int:
+    return 1 if n < 0x80 else (n.bit_length() + 6) // 7
 
 
 def _bad_record(
@@ -356,7 +359,10 @@ def record_size(
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> int:
     """Encoded size of one record with a one-byte timestamp delta (for max size checks)."""
-    return BatchBuilder().append(value, key, 0, headers)
+    size = 1 + (1 if key is None else _varint_size(len(key) << 1) + len(key))
+    size += 1 if value is None else _varint_size(len(value) << 1) + len(value)
+    size += len(_encode_headers(headers)) if headers else 1
+    return _varint_size(size << 1) + size
 
 
 # --- framing and verification ---------------------------------------------------------------

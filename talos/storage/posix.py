@@ -5,6 +5,7 @@ filesystem only if it is strongly consistent across hosts: O_EXCL create and
 rename are atomic cluster-wide and a write(2) on one host is seen by a read(2)
 started later on any other. NFS with attribute caching (the default
 ``actimeo``) or an S3-backed FUSE mount does not qualify and must not be used.
+Hard links are needed too: create_exclusive publishes a complete file with link(2).
 
 FLUSH does nothing past write(2): the page cache already serves the bytes to
 every local reader. SYNC adds fdatasync(2). Every new directory entry is made
@@ -55,7 +56,7 @@ def _make_dirs(directory: str) -> None:
         _fsync_dir(os.path.dirname(path))
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> int:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     """os.write until everything is written; returns the byte count."""
     view = memoryview(data).cast("B")
     done = 0
@@ -96,7 +97,7 @@ class PosixAppendStream:
                 os.close(fd)
         return from_os_error(exc, f"posix {op} {self._abs_path}")
 
-    def append(self, data: bytes | memoryview) -> None:
+    def append(self, data: bytes | bytearray | memoryview) -> None:
         fd = self._require_fd("append")
         try:
             self.position += _write_all(fd, data)

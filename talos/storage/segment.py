@@ -98,7 +98,7 @@ class ScanResult:
     valid_bytes: int  # length of the valid prefix: the sealed end of a fenced segment
     next_offset: int  # offset after the last valid batch; the segment base if none
     batch_count: int
-    max_timestamp: int  # -1 if no batch
+    max_timestamp: int  # -1 if no batch (timestamps themselves may be negative)
     entries: list[IndexEntry] = field(default_factory=list)
 
 
@@ -135,9 +135,10 @@ def scan_segment(
             builder.add(
                 header.base_offset, buf_start + pos, header.total_size, header.max_timestamp
             )
+            if count == 0 or header.max_timestamp > max_timestamp:
+                max_timestamp = header.max_timestamp
             next_offset = header.next_offset
             count += 1
-            max_timestamp = max(max_timestamp, header.max_timestamp)
             consumed = pos + header.total_size
         buf = buf[consumed:]
         buf_start += consumed

@@ -131,7 +131,7 @@ class LocalCluster:
     def start(self, timeout: float = 60.0) -> None:
         if self._own_zk:
             self.zookeeper.start()
-        for i in range(self._broker_count):
+        for _i in range(self._broker_count):
             self.add_broker(start=True)
         self.wait_for_brokers(self._broker_count, timeout)
 

@@ -69,10 +69,11 @@ count grows about tenfold per extra batch per broker.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from talos.errors import InvalidArgument
 
@@ -191,8 +192,12 @@ class ExploreResult:
     acks: int
     """Acknowledgements checked, summed over terminal states."""
     outcomes: Mapping[str, int]
-    """Terminal states per broker outcome: ``"A:refused:1"`` counts terminal
-    states where A acked one batch and then found its marker."""
+    """Terminal states per outcome, as coverage evidence. ``"A:refused:1"``:
+    A acked one batch, then found its marker (other reasons: ``finished``,
+    ``torn``, ``roll_fenced``, ``not_owner``). ``"A:acked-after-marker"``: A
+    acked a batch whose check passed before the marker was created.
+    ``"A:refused-batch-kept"`` / ``"-dropped"``: the batch A flushed but
+    refused to ack is inside / past the sealed end."""
     violation_count: int
     violations: tuple[Violation, ...]
     """The first ``max_violations`` violations, each with its trace."""
@@ -219,6 +224,13 @@ class _Zk(NamedTuple):
     segments: tuple[_Segment, ...]
 
 
+class _Ack(NamedTuple):
+    offset: int
+    batch: str
+    seg: str
+    after_marker: bool  # the marker existed at the ack (the check came before it)
+
+
 class _Broker(NamedTuple):
     name: str
     phase: int
@@ -229,10 +241,10 @@ class _Broker(NamedTuple):
     seg: str  # open segment being written
     segno: int
     base: int  # base offset of seg (during takeover: of target)
-    count: int  # complete batches flushed into seg
+    flushed: int  # complete batches flushed into seg
     batch: int  # batches acknowledged or attempted so far
     rolled: bool
-    acks: tuple[tuple[int, str, str], ...]  # (offset, batch id, segment)
+    acks: tuple[_Ack, ...]
     reason: str  # why it stopped
 
 
@@ -258,6 +270,13 @@ class _Problem(NamedTuple):
 
 
 _Step = tuple[str, _State, _Problem | None]
+
+
+_T = TypeVar("_T")
+
+
+def _replace_at(items: tuple[_T, ...], i: int, item: _T) -> tuple[_T, ...]:
+    return (*items[:i], item, *items[i + 1 :])
 
 
 def _find(segments: tuple[_Segment, ...], seg_id: str) -> _Segment | None:
@@ -294,12 +313,12 @@ class _Model:
             self.batch_order = (_W_CHECK, _W_WRITE, _W_FLUSH, _W_ACK)
         else:
             self.batch_order = (_W_WRITE, _W_FLUSH, _W_CHECK, _W_ACK)
-        self.after = {p: q for p, q in zip(self.batch_order, self.batch_order[1:], strict=False)}
+        self.after = dict(itertools.pairwise(self.batch_order))
         if config.mutate_scan_before_marker:
             takeover = (_T_CAS, _T_SCAN, _T_MARK, _T_SEAL, _T_REGISTER)
         else:
             takeover = (_T_CAS, _T_MARK, _T_SCAN, _T_SEAL, _T_REGISTER)
-        self.takeover_after = dict(zip(takeover, takeover[1:], strict=False))
+        self.takeover_after = dict(itertools.pairwise(takeover))
         self.handlers: dict[int, Callable[[_State, int, _Broker], list[_Step]]] = {
             _T_READ: self._read_state,
             _T_CAS: self._cas_epoch,
@@ -330,7 +349,7 @@ class _Model:
                 seg="",
                 segno=0,
                 base=0,
-                count=0,
+                flushed=0,
                 batch=0,
                 rolled=False,
                 acks=(),
@@ -364,9 +383,21 @@ class _Model:
         return out
 
     @staticmethod
-    def _put(state: _State, i: int, b: _Broker, **changes: object) -> _State:
-        brokers = state.brokers[:i] + (b,) + state.brokers[i + 1 :]
-        return state._replace(brokers=brokers, **changes)
+    def _put(
+        state: _State,
+        i: int,
+        b: _Broker,
+        zk: _Zk | None = None,
+        files: tuple[tuple[str, ...], ...] | None = None,
+        markers: frozenset[str] | None = None,
+    ) -> _State:
+        return _State(
+            zk=state.zk if zk is None else zk,
+            files=state.files if files is None else files,
+            markers=state.markers if markers is None else markers,
+            brokers=_replace_at(state.brokers, i, b),
+            readers=state.readers,
+        )
 
     def _batch_start(self, b: _Broker) -> int:
         cfg = self.config
@@ -485,7 +516,7 @@ class _Model:
             version=zk.version + 1,
             segments=(*zk.segments, _Segment(seg_id, b.epoch, b.base, OPEN)),
         )
-        nb = b._replace(seg=seg_id, segno=0, count=0)
+        nb = b._replace(seg=seg_id, segno=0, flushed=0)
         nb = nb._replace(phase=self._batch_start(nb))
         if nb.phase == _DONE:
             nb = nb._replace(reason="finished")
@@ -500,13 +531,12 @@ class _Model:
             nb = b._replace(phase=_DONE, reason="roll_fenced")
             label = f"{b.name}: roll CAS fails (epoch {zk.epoch} owner {zk.owner}): fenced"
             return [(label, self._put(state, i, nb), None)]
-        end = b.base + b.count
+        end = b.base + b.flushed
         seg_id = f"{b.name}{b.segno + 1}"
         segments = (*_with_end(zk.segments, b.seg, end), _Segment(seg_id, b.epoch, end, OPEN))
         nzk = zk._replace(version=zk.version + 1, segments=segments)
-        nb = b._replace(
-            seg=seg_id, segno=b.segno + 1, base=end, count=0, rolled=True, phase=self.batch_order[0]
-        )
+        nb = b._replace(seg=seg_id, segno=b.segno + 1, base=end, flushed=0, rolled=True)
+        nb = nb._replace(phase=self.batch_order[0])
         label = f"{b.name}: roll CAS: seal {b.seg} at {end}, register {seg_id}"
         return [(label, self._put(state, i, nb, zk=nzk), None)]
 
@@ -519,14 +549,14 @@ class _Model:
         slot = self.slot[b.seg]
         data = state.files[slot]
         bid = self._batch_id(b)
-        files = state.files[:slot] + ((*data, bid),) + state.files[slot + 1 :]
-        nb = self._next_batch_phase(b._replace(count=b.count + 1), _W_FLUSH)
-        where = f"{b.seg}[{len(data)}] (offset {b.base + b.count})"
+        files = _replace_at(state.files, slot, (*data, bid))
+        nb = self._next_batch_phase(b._replace(flushed=b.flushed + 1), _W_FLUSH)
+        where = f"{b.seg}[{len(data)}] (offset {b.base + b.flushed})"
         steps: list[_Step] = [
             (f"{b.name}: flush {bid} -> {where}", self._put(state, i, nb, files=files), None)
         ]
         if self.config.torn_writes:
-            torn = state.files[:slot] + ((*data, bid + TORN),) + state.files[slot + 1 :]
+            torn = _replace_at(state.files, slot, (*data, bid + TORN))
             tb = b._replace(phase=_DONE, reason="torn")
             label = f"{b.name}: flush {bid} TORN -> {where}; write error, give up"
             steps.append((label, self._put(state, i, tb, files=torn), None))
@@ -542,9 +572,10 @@ class _Model:
         return [(label, self._put(state, i, nb), None)]
 
     def _ack(self, state: _State, i: int, b: _Broker) -> list[_Step]:
-        offset = b.base + b.count - 1
+        offset = b.base + b.flushed - 1
         bid = self._batch_id(b)
-        nb = self._next_batch_phase(b._replace(acks=(*b.acks, (offset, bid, b.seg))), _W_ACK)
+        ack = _Ack(offset, bid, b.seg, b.seg in state.markers)
+        nb = self._next_batch_phase(b._replace(acks=(*b.acks, ack)), _W_ACK)
         problem = None
         seg = _find(state.zk.segments, b.seg)
         if seg is not None and seg.end != OPEN and offset >= seg.end:
@@ -569,7 +600,7 @@ class _Model:
         data = state.files[self.slot[r.seg]]
 
         def put(nr: _Reader) -> _State:
-            return state._replace(readers=state.readers[:j] + (nr,) + state.readers[j + 1 :])
+            return state._replace(readers=_replace_at(state.readers, j, nr))
 
         def stop(invariant: str, message: str, label: str) -> list[_Step]:
             nr = r._replace(phase=_R_STOPPED)
@@ -658,7 +689,7 @@ class _Model:
             problems.append(_Problem("2-dense", f"a batch occurs twice in {history}"))
         sealed = {s.seg_id: s.end for s in state.zk.segments}
         for b in state.brokers:
-            for offset, bid, seg_id in b.acks:
+            for offset, bid, seg_id, _ in b.acks:
                 if offset >= len(history) or history[offset] != bid:
                     at = history[offset] if offset < len(history) else "nothing"
                     problems.append(
@@ -699,9 +730,7 @@ class _Model:
                 )
             elif r.phase == _R_WAIT:
                 problems.append(
-                    _Problem(
-                        "3-readers", f"{name} waits forever for the sealed end of {r.seg}"
-                    )
+                    _Problem("3-readers", f"{name} waits forever for the sealed end of {r.seg}")
                 )
             elif len(r.reads) != len(history):
                 problems.append(
@@ -711,6 +740,14 @@ class _Model:
                         f"history {history} is longer",
                     )
                 )
+        for b in state.brokers:
+            # Coverage of the races the protocol is about (see ExploreResult.outcomes).
+            if any(ack.after_marker for ack in b.acks):
+                outcomes.append(f"{b.name}:acked-after-marker")
+            bid = self._batch_id(b)
+            if b.reason == "refused" and bid in state.files[self.slot[b.seg]]:
+                fate = "kept" if bid in history else "dropped"
+                outcomes.append(f"{b.name}:refused-batch-{fate}")
         return problems, outcomes, n_acks
 
     def history(self, state: _State) -> tuple[list[str], _Problem | None]:

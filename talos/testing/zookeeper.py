@@ -6,6 +6,7 @@ process with its own config and data directory, and is always stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -158,10 +159,8 @@ class ZooKeeperServer:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

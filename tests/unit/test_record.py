@@ -196,7 +196,7 @@ def test_record_size_is_the_encoded_size(
 
 def test_builder_accepts_buffers_and_list_headers() -> None:
     builder = BatchBuilder()
-    builder.append(bytearray(b"v"), memoryview(b"k"), 5, [["h", b"x"]])  # type: ignore[list-item]
+    builder.append(bytearray(b"v"), memoryview(b"k"), 5, [["h", b"x"]])  # type: ignore[arg-type, list-item]
     assert decode_records(builder.build()) == [Record(b"v", b"k", (("h", b"x"),), 5, 0)]
 
 

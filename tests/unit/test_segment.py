@@ -204,6 +204,14 @@ def test_scan_first_batch_must_start_at_the_segment_base(store: PosixLogStore) -
     assert scan_segment(store, PATH, BASE) == ScanResult(0, BASE, 0, -1, [])
 
 
+def test_scan_keeps_negative_timestamps(store: PosixLogStore) -> None:
+    batches = make_batches([2, 3], ts=-500)
+    write(store, b"".join(batches))
+    result = scan_segment(store, PATH, BASE)
+    assert result.max_timestamp == -500 + 10 + 2
+    assert result == expected_scan(batches)
+
+
 def test_scan_garbage(store: PosixLogStore) -> None:
     write(store, bytes(range(256)) * 10)
     assert scan_segment(store, PATH, BASE, chunk_bytes=50) == ScanResult(0, BASE, 0, -1, [])
