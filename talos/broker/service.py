@@ -163,6 +163,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
+            cfg.validate_topic_name(request.name, "name")
+            cfg.validate_partition_count(request.partitions)
             config = topic_config_from_proto(request.config)
             await self._coord(
                 lambda: self.broker.topics.create(
@@ -178,8 +180,11 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         try:
+            cfg.validate_topic_name(request.name, "name")
             await self._coord(
-                lambda: self.broker.topics.add_partitions(request.name, request.partitions)
+                lambda: self.broker.topics.add_partitions(
+                    request.name, request.partitions, param="partitions"
+                )
             )
             await self.broker.topic_cache.refresh_async(request.name)
             return pb.AdminResponse()

@@ -111,6 +111,8 @@ class Consumer:
         self._last_heartbeat = 0.0
         self._last_commit = 0.0
         self._closed = False
+        # fetched but not yet returned by poll(); positions are already past them
+        self._buffered: list[Message] = []
 
     # ---- assignment ---------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Consumer:
 
     def _set_assignment(self, partitions: list[TopicPartition]) -> None:
         self._assigned = sorted(partitions)
+        self._buffered = [m for m in self._buffered if (m.topic, m.partition) in self._assigned]
         self._positions = {tp: p for tp, p in self._positions.items() if tp in self._assigned}
         missing = [tp for tp in self._assigned if tp not in self._positions]
         if missing and self.group_id is not None:
@@ -181,26 +184,37 @@ class Consumer:
         validate_offset(offset)
         if tp not in self._assigned:
             raise InvalidArgument(f"partition: {tp.topic}/{tp.partition} is not assigned")
+        self._set_position(tp, offset)
+
+    def _set_position(self, tp: TopicPartition, offset: int) -> None:
+        self._buffered = [m for m in self._buffered if (m.topic, m.partition) != tp]
         self._positions[tp] = offset
 
     def seek_to_beginning(self, tps: Iterable[TopicPartition] | None = None) -> None:
         for tp in tps or self._assigned:
-            self._positions[TopicPartition(*tp)] = self._list_offset(TopicPartition(*tp), -2)
+            self._set_position(TopicPartition(*tp), self._list_offset(TopicPartition(*tp), -2))
 
     def seek_to_end(self, tps: Iterable[TopicPartition] | None = None) -> None:
         for tp in tps or self._assigned:
-            self._positions[TopicPartition(*tp)] = self._list_offset(TopicPartition(*tp), -1)
+            self._set_position(TopicPartition(*tp), self._list_offset(TopicPartition(*tp), -1))
 
     def seek_to_timestamp(self, tp: TopicPartition | tuple[str, int], timestamp_ms: int) -> int:
         tp = TopicPartition(*tp)
         if timestamp_ms < 0:
             raise InvalidArgument(f"timestamp_ms: must be >= 0, got {timestamp_ms}")
         offset = self._list_offset(tp, timestamp_ms)
-        self._positions[tp] = offset
+        self._set_position(tp, offset)
         return offset
 
     def position(self, tp: TopicPartition | tuple[str, int]) -> int:
+        """The offset of the next message poll() will return for this partition."""
         tp = TopicPartition(*tp)
+        for message in self._buffered:
+            if (message.topic, message.partition) == tp:
+                return message.offset
+        return self._fetch_position(tp)
+
+    def _fetch_position(self, tp: TopicPartition) -> int:
         if tp not in self._positions:
             self._positions[tp] = self._reset_position(tp)
         return self._positions[tp]
@@ -235,13 +249,17 @@ class Consumer:
         """Messages from the assigned partitions, waiting up to timeout_s for any."""
         if self._closed:
             raise InvalidArgument("consumer: already closed")
+        if max_records < 1:
+            raise InvalidArgument(f"max_records: must be at least 1, got {max_records}")
         deadline = self.clock.monotonic() + timeout_s
-        while True:
+        while not self._buffered:
             self._maybe_heartbeat()
             self._maybe_auto_commit()
-            messages = self._fetch_once(max(0.0, min(deadline - self.clock.monotonic(), 5.0)))
-            if messages or self.clock.monotonic() >= deadline:
-                return messages[:max_records] if len(messages) > max_records else messages
+            self._buffered = self._fetch_once(max(0.0, min(deadline - self.clock.monotonic(), 5.0)))
+            if self.clock.monotonic() >= deadline:
+                break
+        messages, self._buffered = self._buffered[:max_records], self._buffered[max_records:]
+        return messages
 
     def _fetch_once(self, wait_s: float) -> list[Message]:
         if not self._assigned:
@@ -250,7 +268,7 @@ class Consumer:
         by_address: dict[str, list[TopicPartition]] = {}
         for tp in self._assigned:
             try:
-                self.position(tp)
+                self._fetch_position(tp)
                 address = self.router.owner_address(tp.topic, tp.partition)
             except TalosError as exc:
                 if not exc.retriable:
@@ -340,7 +358,7 @@ class Consumer:
             raise InvalidArgument("group_id: commit() needs a consumer group")
         self._last_commit = self.clock.monotonic()
         if offsets is None:
-            offsets = {tp: p for tp, p in self._positions.items()}
+            offsets = {tp: self.position(tp) for tp in self._positions}
         offsets = {
             TopicPartition(*tp): o
             for tp, o in offsets.items()

@@ -42,6 +42,11 @@ from .routing import Router
 log = logging.getLogger(__name__)
 
 
+# Headroom under max_message_bytes: a record's timestamp delta may take up to 9
+# more bytes than record_size() assumes, and compression adds frame overhead.
+BATCH_SLACK_BYTES = 64
+
+
 class RecordMetadata(NamedTuple):
     topic: str
     partition: int
@@ -138,7 +143,7 @@ class Producer:
         route = self.router.route(validate_topic_name(topic))
         limit = route.config.max_message_bytes
         size = record_size(value, key, headers) + HEADER_SIZE
-        if size > limit:
+        if size > limit - BATCH_SLACK_BYTES:
             raise MessageTooLarge(
                 f"value: message of {size} bytes (with batch header) exceeds topic {topic!r} "
                 f"max_message_bytes {limit}"
@@ -157,9 +162,12 @@ class Producer:
         now = self.clock.monotonic()
         timestamp = self.clock.wall_ms() if timestamp_ms is None else timestamp_ms
         tp = (topic, partition)
+        # A batch must also fit the topic's limit, which the broker applies to whole
+        # batches; keep room for longer timestamp deltas and compression framing.
+        cap = min(self.batch_bytes, limit - BATCH_SLACK_BYTES)
         with self._lock:
             batch = self._open.get(tp)
-            if batch is not None and batch.builder.size_in_bytes + size > self.batch_bytes:
+            if batch is not None and batch.builder.size_in_bytes + size - HEADER_SIZE > cap:
                 self._seal(tp, batch)
                 batch = None
             if batch is None:
@@ -168,7 +176,7 @@ class Producer:
             batch.builder.append(value, key, timestamp, headers)
             batch.futures.append(future)
             self._outstanding += 1
-            if batch.builder.size_in_bytes >= self.batch_bytes:
+            if batch.builder.size_in_bytes >= cap:
                 self._seal(tp, batch)
                 self._lock.notify()
             elif len(batch.futures) == 1:

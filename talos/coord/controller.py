@@ -104,7 +104,7 @@ class AssignmentWatcher:
         with zk_errors("watching the assignment"):
             zk.DataWatch(paths.ASSIGNMENT, self._on_change)
 
-    def _on_change(self, data: bytes | None, stat: Any) -> bool | None:
+    def _on_change(self, data: bytes | None, stat: Any, event: Any = None) -> bool | None:
         if self._stopped.is_set():
             return False
         try:
@@ -143,6 +143,14 @@ class Controller:
         ):
             raise InvalidArgument(
                 f"reassign_delay_ms: must be an integer >= 0, got {reassign_delay_ms!r}"
+            )
+        if (
+            isinstance(max_moves_per_round, bool)
+            or not isinstance(max_moves_per_round, int)
+            or max_moves_per_round < 1
+        ):
+            raise InvalidArgument(
+                f"max_moves_per_round: must be an integer >= 1, got {max_moves_per_round!r}"
             )
         self._zk = zk
         self._broker_id = broker_id
@@ -280,8 +288,8 @@ class Controller:
 
         return on_topics
 
-    def _topic_watch(self, term: int, name: str) -> Callable[[bytes | None, Any], bool | None]:
-        def on_topic(data: bytes | None, stat: Any) -> bool | None:
+    def _topic_watch(self, term: int, name: str) -> Callable[..., bool | None]:
+        def on_topic(data: bytes | None, stat: Any, event: Any = None) -> bool | None:
             with self._lock:
                 if self._term != term:
                     return False

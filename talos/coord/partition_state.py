@@ -223,7 +223,7 @@ class PartitionStateStore:
         path = self._path(topic, partition)
         stopped = threading.Event()
 
-        def on_change(data: bytes | None, stat: Any) -> bool | None:
+        def on_change(data: bytes | None, stat: Any, event: Any = None) -> bool | None:
             if stopped.is_set():
                 return False
             if data is None or stat is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from talos.config import (
     MAX_PARTITIONS,
@@ -132,26 +132,57 @@ class TopicStore:
             return sorted(self._zk.get_children(paths.TOPICS))
 
     def delete(self, name: str) -> None:
-        """Remove the topic and all its partition state."""
+        """Remove the topic and everything under it in one transaction (never half gone)."""
         validate_topic_name(name)
         with zk_errors(f"deleting topic {name!r}"):
-            if self._zk.exists(paths.topic(name)) is None:
-                raise UnknownTopic(f"topic {name!r} does not exist")
-            try:
-                self._zk.delete(paths.topic(name), recursive=True)
-            except NoNodeError:  # someone else deleted it meanwhile
-                raise UnknownTopic(f"topic {name!r} does not exist") from None
+            for _ in range(_CAS_ATTEMPTS):
+                try:
+                    subtree = self._subtree(paths.topic(name))
+                except NoNodeError:
+                    raise UnknownTopic(f"topic {name!r} does not exist") from None
+                txn = self._zk.transaction()
+                for path in reversed(subtree):  # children before parents
+                    txn.delete(path)
+                failure = txn_failure(txn.commit())
+                if failure is None:
+                    return
+                if not isinstance(failure, NotEmptyError | NoNodeError):
+                    raise failure
+                # Something was added or removed meanwhile: list again.
+        raise CoordinationError(f"deleting topic {name!r}: too much contention, retry")
 
-    def add_partitions(self, name: str, new_count: int) -> TopicMeta:
-        """Grow the topic to ``new_count`` partitions (partitions never shrink)."""
+    def _subtree(self, root: str) -> builtins.list[str]:
+        """``root`` and every znode below it, parents before children."""
+        found = [root]
+        level = [root]
+        while level:
+            pending = [(path, self._zk.get_children_async(path)) for path in level]
+            level = []
+            for path, result in pending:
+                try:
+                    children = result.get()
+                except NoNodeError:
+                    if path == root:
+                        raise
+                    continue
+                level.extend(f"{path}/{child}" for child in children)
+            found.extend(level)
+        return found
+
+    def add_partitions(self, name: str, new_count: int, *, param: str = "new_count") -> TopicMeta:
+        """Grow the topic to ``new_count`` partitions (partitions never shrink).
+
+        ``param`` is the parameter name errors mention, so a caller can report
+        the name its own user passed (e.g. ``partitions``).
+        """
         validate_topic_name(name)
         if isinstance(new_count, bool) or not isinstance(new_count, int):
-            raise InvalidArgument(f"new_count: must be an integer, got {new_count!r}")
+            raise InvalidArgument(f"{param}: must be an integer, got {new_count!r}")
         for _ in range(_CAS_ATTEMPTS):
             meta, version = self._read(name)
             if not meta.partitions < new_count <= MAX_PARTITIONS:
                 raise InvalidArgument(
-                    f"new_count: must be greater than the current {meta.partitions} and at most "
+                    f"{param}: must be greater than the current {meta.partitions} and at most "
                     f"{MAX_PARTITIONS}, got {new_count}"
                 )
             grown = TopicMeta(meta.name, new_count, meta.config, meta.created_ms, meta.mirror)

@@ -12,7 +12,9 @@ from talos.testing.zookeeper import ZooKeeperServer
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, cluster_name: str, zk_server: ZooKeeperServer) -> Iterator[LocalCluster]:
+def cluster(
+    tmp_path: Path, cluster_name: str, zk_server: ZooKeeperServer
+) -> Iterator[LocalCluster]:
     """Two brokers in their own chroot of the session's ZooKeeper; stopped after the test.
 
     A short session timeout keeps failover tests fast.

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
+from kazoo.recipe.election import Election
 
 from talos.config import MAX_PARTITIONS, TopicConfig
 from talos.coord import paths
@@ -22,7 +23,7 @@ from talos.coord.controller import (
     read_assignment,
 )
 from talos.coord.groups import GroupStore
-from talos.coord.partition_state import PartitionStateStore
+from talos.coord.partition_state import PartitionState, PartitionStateStore
 from talos.coord.producer_ids import allocate_producer_id
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
@@ -184,12 +185,16 @@ def test_add_partitions_rejects_shrinking_and_out_of_range(zk: KazooClient, new_
         topics.add_partitions("t", new_count)
     assert topics.get("t") == before
     assert sorted(zk.get_children(paths.partitions("t"))) == ["0", "1", "2"]
+    with pytest.raises(InvalidArgument, match=r"^partitions: .*current 3"):
+        topics.add_partitions("t", new_count, param="partitions")
 
 
-def test_create_with_max_partitions_is_one_transaction(zk: KazooClient) -> None:
+def test_create_and_delete_max_partitions_in_one_transaction(zk: KazooClient) -> None:
     meta = TopicStore(zk).create("wide", MAX_PARTITIONS, TopicConfig(), now_ms=1)
     assert meta.partitions == MAX_PARTITIONS
     assert len(zk.get_children(paths.partitions("wide"))) == MAX_PARTITIONS
+    TopicStore(zk).delete("wide")
+    assert zk.exists(paths.topic("wide")) is None
 
 
 def test_topic_watch_and_mirror_field(zk: KazooClient) -> None:
@@ -225,32 +230,35 @@ def test_partition_state_cas_conflict_is_fenced(zk: KazooClient) -> None:
 def test_two_clients_racing_cas_exactly_one_wins(new_client: Connect) -> None:
     first, second = new_client(), new_client()
     TopicStore(first).create("t", 1, TopicConfig(), now_ms=1)
+    stores = {"b1": PartitionStateStore(first), "b2": PartitionStateStore(second)}
     for _ in range(5):
-        stores = [PartitionStateStore(first), PartitionStateStore(second)]
-        base = stores[0].get("t", 0)
-        barrier = threading.Barrier(2)
-        outcome: dict[str, str] = {}
-
-        def take(store: PartitionStateStore, broker: str) -> None:
-            barrier.wait()
-            try:
-                store.compare_and_set("t", 0, base.with_owner(broker), base.version)
-                outcome[broker] = "won"
-            except Fenced:
-                outcome[broker] = "fenced"
-
-        threads = [
-            threading.Thread(target=take, args=(store, broker))
-            for store, broker in zip(stores, ("b1", "b2"), strict=True)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        base = stores["b1"].get("t", 0)
+        outcome = race_cas(stores, base)
         assert sorted(outcome.values()) == ["fenced", "won"]
         winner = next(b for b, result in outcome.items() if result == "won")
-        after = stores[1].get("t", 0)
+        after = stores["b2"].get("t", 0)
         assert (after.owner, after.epoch) == (winner, base.epoch + 1)
+
+
+def race_cas(stores: dict[str, PartitionStateStore], base: PartitionState) -> dict[str, str]:
+    """Both brokers try to take over from the same read state at the same moment."""
+    barrier = threading.Barrier(len(stores))
+    outcome: dict[str, str] = {}
+
+    def take(broker: str) -> None:
+        barrier.wait()
+        try:
+            stores[broker].compare_and_set("t", 0, base.with_owner(broker), base.version)
+            outcome[broker] = "won"
+        except Fenced:
+            outcome[broker] = "fenced"
+
+    threads = [threading.Thread(target=take, args=(broker,)) for broker in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return outcome
 
 
 def test_partition_state_watch_sees_the_seal(zk: KazooClient) -> None:
@@ -263,6 +271,15 @@ def test_partition_state_watch_sees_the_seal(zk: KazooClient) -> None:
     store.compare_and_set("t", 0, state.with_sealed(0, 42, 100), state.version)
     wait_for(lambda: seen[-1:] == [42], what="sealed end via watch")
     stop()
+
+
+def expire_session(zk_server: ZooKeeperServer, client: KazooClient) -> None:
+    """Expire ``client``'s session: closing another connection that uses it ends it."""
+    session_id, password = client.client_id
+    thief = KazooClient(hosts=zk_server.address, client_id=(session_id, password))
+    thief.start(timeout=10)
+    thief.stop()
+    thief.close()
 
 
 # -- brokers ------------------------------------------------------------------------
@@ -317,12 +334,7 @@ def test_broker_reregisters_after_session_expiry(
     registry = BrokerRegistry(client)
     registry.register("b1", "host:1")
     old_session = client.client_id[0]
-    # Closing a second connection that uses the same session expires it for the first.
-    session_id, password = client.client_id
-    thief = KazooClient(hosts=zk_server.address, client_id=(session_id, password))
-    thief.start(timeout=10)
-    thief.stop()
-    thief.close()
+    expire_session(zk_server, client)
 
     def registered_again() -> bool:
         try:
@@ -347,11 +359,8 @@ def test_group_membership_and_fenced_commits(zk: KazooClient) -> None:
     assert b.generation == 2
     a = groups.join("g", a.member_id, ["t"], session_timeout_ms=10_000, now_ms=1_200)
     assert a.generation == b.generation == 2  # a heartbeat does not bump
-    assert (
-        a.members
-        == b.members
-        == dict(sorted({a.member_id: ["t"], b.member_id: ["t", "u"]}.items()))
-    )
+    expected = {a.member_id: ["t"], b.member_id: ["t", "u"]}
+    assert a.members == b.members == dict(sorted(expected.items()))
     assert list(a.members) == sorted(a.members)
 
     groups.commit("g", a.member_id, 2, {("t", 0): 10, ("t", 1): 20})
@@ -479,8 +488,8 @@ def test_one_controller_assigns_everything_and_a_successor_takes_over(
     admin = new_client()
     TopicStore(admin).create("orders", 8, TopicConfig(), now_ms=1)
     TopicStore(admin).create("audit", 2, TopicConfig(), now_ms=1)
-    client_a, ctrl_a = start_broker(new_client, controllers, "a", delay_ms=1_500)
-    client_b, ctrl_b = start_broker(new_client, controllers, "b", delay_ms=1_500)
+    client_a, ctrl_a = start_broker(new_client, controllers, "a", delay_ms=2_000)
+    client_b, ctrl_b = start_broker(new_client, controllers, "b", delay_ms=2_000)
     everything = {("orders", p) for p in range(8)} | {("audit", 0), ("audit", 1)}
 
     def covered(brokers: set[str]) -> bool:
@@ -515,7 +524,7 @@ def test_one_controller_assigns_everything_and_a_successor_takes_over(
     assert since >= killed_at - 1_000
     assert leader_id in read_assignment(admin).owners.values()  # still reserved
     wait_for(lambda: covered({follower_id}), what="partitions moved after the delay")
-    assert int(time.time() * 1000) - since >= 1_500
+    assert int(time.time() * 1000) - since >= 2_000
     assert raw_assignment(admin)["missing_since"] == {}
     assert current_controller(admin) == follower_id
 
@@ -547,3 +556,27 @@ def test_stopping_the_leader_hands_over_and_versions_increase(
     versions = [a.version for a in seen]
     assert versions[0] == -1
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_leader_whose_session_expires_steps_down_and_rejoins(
+    zk_server: ZooKeeperServer, new_client: Connect, controllers: list[Controller]
+) -> None:
+    admin = new_client()
+    TopicStore(admin).create("t", 4, TopicConfig(), now_ms=1)
+    client_a, ctrl_a = start_broker(new_client, controllers, "a", delay_ms=60_000)
+    wait_for(lambda: ctrl_a.is_leader, what="a leads")
+    _, ctrl_b = start_broker(new_client, controllers, "b", delay_ms=60_000)
+    wait_for(lambda: set(read_assignment(admin).owners.values()) == {"a", "b"}, what="a and b")
+
+    expire_session(zk_server, client_a)
+    wait_for(lambda: ctrl_b.is_leader, what="b leads after a's session expired")
+    wait_for(lambda: not ctrl_a.is_leader, what="a steps down")
+    # a's client reconnects with a new session; a contends again as a follower.
+    wait_for(
+        lambda: sorted(Election(admin, paths.CONTROLLER).contenders()) == ["a", "b"],
+        what="a back in the election",
+    )
+    assert current_controller(admin) == "b"
+    for _ in range(10):
+        assert (ctrl_a.is_leader, ctrl_b.is_leader) == (False, True)
+        time.sleep(0.05)
