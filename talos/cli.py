@@ -204,8 +204,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
     with Producer(resolve_bootstrap(args.bootstrap), linger_ms=args.linger_ms) as producer:
         futures = []
         for line in sys.stdin:
-            value = line.rstrip("\n").encode()
-            futures.append(producer.send(args.topic, value, key=key, partition=args.partition))
+            text = line.rstrip("\n")
+            line_key = key
+            if args.key_separator and args.key_separator in text:
+                key_text, text = text.split(args.key_separator, 1)
+                line_key = key_text.encode()
+            futures.append(
+                producer.send(args.topic, text.encode(), key=line_key, partition=args.partition)
+            )
             count += 1
         producer.flush()
         for future in futures:
@@ -239,7 +245,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             for message in consumer.poll(timeout_s=min(remaining or 1.0, 1.0)):
                 value = (message.value or b"").decode(errors="replace")
                 if args.print_offsets:
-                    print(f"{message.partition}:{message.offset}\t{value}", flush=True)
+                    key = (message.key or b"").decode(errors="replace")
+                    print(f"p{message.partition}@{message.offset}\t{key}\t{value}", flush=True)
                 else:
                     print(value, flush=True)
                 seen += 1
@@ -329,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     produce = with_bootstrap(sub.add_parser("produce", help="one message per stdin line"))
     produce.add_argument("topic")
-    produce.add_argument("--key", default=None)
+    produce.add_argument("--key", default=None, help="the key of every message")
+    produce.add_argument(
+        "--key-separator", default=None, help="read each line as KEY<SEP>VALUE (e.g. ':')"
+    )
     produce.add_argument("--partition", type=int, default=None)
     produce.add_argument("--linger-ms", type=float, default=5.0)
     produce.set_defaults(func=cmd_produce)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from talos.client import Admin
 from talos.testing.cluster import LocalCluster
 
 DEMO_DIR = os.path.join("var", "demo")
@@ -42,8 +43,8 @@ def main() -> int:
         bootstrap = cluster.bootstrap
         talos("topic", "create", "demo", "--partitions", "3", "--wait", bootstrap=bootstrap)
         talos("topic", "describe", "demo", bootstrap=bootstrap)
-        lines = "\n".join(f"hello talos #{i}" for i in range(1, 13)) + "\n"
-        talos("produce", "demo", stdin=lines, bootstrap=bootstrap)
+        lines = "\n".join(f"user-{i % 5}:hello talos #{i}" for i in range(1, 13)) + "\n"
+        talos("produce", "demo", "--key-separator", ":", stdin=lines, bootstrap=bootstrap)
         out = talos(
             "consume",
             "demo",
@@ -52,17 +53,37 @@ def main() -> int:
             "12",
             "--timeout",
             "30",
+            "--print-offsets",
             bootstrap=bootstrap,
         )
-        got = sorted(out.split("\n"))
-        if len([line for line in got if line]) != 12:
+        if len(out.splitlines()) != 12:
             raise SystemExit("demo: expected 12 messages back")
 
-        victim = cluster.brokers[0]
-        print(f"\n== killing broker {victim.broker_id} (pid {victim.pid}) with SIGKILL")
+        with Admin(bootstrap) as admin:
+            owners = {p.owner_id for p in admin.describe_topic("demo").partitions if p.log_end > 0}
+        victim = next(b for b in cluster.brokers if b.broker_id in owners)
+        print(f"\n== killing broker {victim.broker_id} (pid {victim.pid}) with SIGKILL;")
+        print("   its partitions move once its ZooKeeper session (4 s) expires")
         victim.kill()
-        talos("produce", "demo", stdin="after the crash\n", bootstrap=cluster.bootstrap)
-        talos("topic", "describe", "demo", bootstrap=bootstrap)
+        survivors = ",".join(b.address for b in cluster.brokers if b is not victim)
+        with Admin(survivors) as admin:
+            deadline = time.monotonic() + 60
+            while any(
+                p.owner_id == victim.broker_id or p.log_end < 0
+                for p in admin.describe_topic("demo").partitions
+            ):
+                if time.monotonic() > deadline:
+                    raise SystemExit("demo: partitions did not move off the killed broker")
+                time.sleep(0.2)
+        talos("topic", "describe", "demo", bootstrap=survivors)
+        talos(
+            "produce",
+            "demo",
+            "--key-separator",
+            ":",
+            stdin="user-0:after the crash\n",
+            bootstrap=survivors,
+        )
         out = talos(
             "consume",
             "demo",
@@ -71,9 +92,10 @@ def main() -> int:
             "13",
             "--timeout",
             "60",
-            bootstrap=bootstrap,
+            "--print-offsets",
+            bootstrap=survivors,
         )
-        if len([line for line in out.split("\n") if line]) != 13:
+        if len(out.splitlines()) != 13:
             raise SystemExit("demo: expected all 13 messages after the broker was killed")
         print("\n== all 13 acknowledged messages survived the crash; stopping the cluster")
     print("demo finished: everything stopped")
