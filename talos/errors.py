@@ -33,6 +33,7 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 18
     UNAVAILABLE = 19
     PRODUCER_FENCED = 20
+    MIRROR_DIVERGED = 21
 
 
 class TalosError(Exception):
@@ -115,7 +116,15 @@ class Gap(TalosError):
 
 
 class ReadOnlyMirror(TalosError):
+    """Ordinary producers may not write a mirror topic until it is promoted."""
+
     code = ErrorCode.READ_ONLY_MIRROR
+
+
+class MirrorDiverged(TalosError):
+    """A mirror append overlaps stored batches that differ: the logs diverged."""
+
+    code = ErrorCode.MIRROR_DIVERGED
 
 
 class StorageError(TalosError):
@@ -179,6 +188,7 @@ _BY_CODE: dict[ErrorCode, type[TalosError]] = {
         Fenced,
         Gap,
         ReadOnlyMirror,
+        MirrorDiverged,
         StorageError,
         CoordinationError,
         OutOfOrderSequence,

@@ -27,6 +27,8 @@ from talos.clock import Clock
 from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.errors import (
+    Gap,
+    MirrorDiverged,
     NotOwner,
     OffsetOutOfRange,
     StorageError,
@@ -58,6 +60,10 @@ class PendingAppend:
     data: bytes
     header: BatchHeader
     future: asyncio.Future[int]
+    # Mirror appends (DESIGN.md §6) carry every batch's header and the offset
+    # they must start at; they resolve to the log end instead of a base offset.
+    mirror_headers: list[BatchHeader] | None = None
+    expected_offset: int = -1
 
 
 @dataclass
@@ -160,6 +166,17 @@ class PartitionLog:
         self._schedule()
         return future
 
+    def submit_mirror(
+        self, data: bytes, headers: list[BatchHeader], expected_offset: int
+    ) -> asyncio.Future[int]:
+        """Conditionally append source batches that keep their source offsets."""
+        self.executor.reserve(self.key, len(data))
+        future: asyncio.Future[int] = self.loop.create_future()
+        with self._lock:
+            self._pending.append(PendingAppend(data, headers[0], future, headers, expected_offset))
+        self._schedule()
+        return future
+
     async def wait_for_data(self, offset: int, timeout: float) -> None:
         """Return once the log end passes offset, or after timeout."""
         if self._committed.log_end > offset or self.status not in ("new", "serving"):
@@ -197,8 +214,7 @@ class PartitionLog:
             if self._release_requested and self.status in ("new", "serving"):
                 self._give_up("released", "partition was reassigned")
             if self.status == "serving" and group:
-                self._append_group(group)
-                group = []
+                self._append_all(group)
         except TalosError as exc:
             self._give_up("fenced" if isinstance(exc, NotOwner) else "failed", str(exc))
             self._finish(group, exc)
@@ -311,8 +327,23 @@ class PartitionLog:
             self.cluster, self.topic, self.partition, segment.base_offset, segment.epoch
         )
 
-    def _append_group(self, group: list[PendingAppend]) -> None:
-        """Group commit: one write and one flush for every batch waiting."""
+    def _append_all(self, group: list[PendingAppend]) -> None:
+        """Group-commit runs of produce batches; each mirror append gets its own write.
+
+        Items leave ``group`` once answered, so on a fatal error the caller
+        fails exactly the ones still waiting.
+        """
+        while group:
+            if group[0].mirror_headers is not None:
+                self._mirror_append(group[0])
+                del group[0]
+                continue
+            run = next((i for i, p in enumerate(group) if p.mirror_headers is not None), len(group))
+            self._append_group(group[:run])
+            del group[:run]
+
+    def _writable_segment(self) -> OpenSegment:
+        """Our open segment, rolled first when it is too big or too old."""
         segment = self._open
         assert segment is not None and self._state is not None
         committed = self._committed
@@ -325,6 +356,93 @@ class PartitionLog:
             self._roll()
             segment = self._open
             assert segment is not None
+        return segment
+
+    def _write_and_check(self, segment: OpenSegment, data: bytes | bytearray | memoryview) -> None:
+        """Write, flush at the topic's durability, then the ack rule's fence check."""
+        segment.stream.append(data)
+        segment.stream.flush(Durability(self.config.durability))
+        if self.store.exists(fence_marker_path(segment.path)):
+            raise self._not_owner(f"segment {segment.path} was fenced by a newer owner")
+
+    def _mirror_append(self, pending: PendingAppend) -> None:
+        headers = pending.mirror_headers
+        assert headers is not None
+        end = self._committed.log_end
+        if pending.expected_offset > end:
+            self._resolve(
+                [
+                    (
+                        pending,
+                        Gap(
+                            f"offset: mirror append at {pending.expected_offset} "
+                            f"is past the log end {end}",
+                            log_end=end,
+                        ),
+                    )
+                ]
+            )
+            return
+        try:
+            skip_count, skip_bytes = self._compare_overlap(headers, end)
+        except MirrorDiverged as exc:
+            self._resolve([(pending, exc)])
+            return
+        rest = headers[skip_count:]
+        if rest:
+            segment = self._writable_segment()
+            committed = self._committed
+            self._write_and_check(segment, memoryview(pending.data)[skip_bytes:])
+            position = committed.open_size
+            for header in rest:
+                segment.offsets.append(header.base_offset)
+                segment.positions.append(position)
+                segment.max_timestamps.append(header.max_timestamp)
+                self._producers.record(_identity(header), header.base_offset)
+                position += header.total_size
+            self._committed = Committed(rest[-1].next_offset, position)
+        self._resolve([(pending, self._committed.log_end)])
+
+    def _compare_overlap(self, headers: list[BatchHeader], end: int) -> tuple[int, int]:
+        """How many incoming batches (and bytes) are already stored, CRC for CRC."""
+        start = headers[0].base_offset
+        if start >= end:
+            return 0, 0
+        stored: dict[int, tuple[int, int]] = {}
+        offset = start
+        until = min(end, headers[-1].next_offset)
+        while offset < until:
+            chunk = self.read(offset, READ_CHUNK_BYTES)
+            progressed = offset
+            for _, header in iter_batches(chunk):
+                stored[header.base_offset] = (header.crc, header.record_count)
+                progressed = header.next_offset
+            if progressed == offset:
+                break
+            offset = progressed
+        count = size = 0
+        for header in headers:
+            if header.next_offset <= end:
+                if stored.get(header.base_offset) != (header.crc, header.record_count):
+                    raise MirrorDiverged(
+                        f"{self.topic}/{self.partition}: the batch at offset "
+                        f"{header.base_offset} differs from the one stored"
+                    )
+                count += 1
+                size += header.total_size
+            elif header.base_offset < end:
+                raise MirrorDiverged(
+                    f"{self.topic}/{self.partition}: the batch {header.base_offset}.."
+                    f"{header.next_offset - 1} straddles the log end {end}"
+                )
+            else:
+                break
+        return count, size
+
+    def _append_group(self, group: list[PendingAppend]) -> None:
+        """Group commit: one write and one flush for every batch waiting."""
+        segment = self._writable_segment()
+        committed = self._committed
         buffer = bytearray()
         results: list[tuple[PendingAppend, int | TalosError]] = []
         next_offset = committed.log_end
@@ -351,11 +469,7 @@ class PartitionLog:
             results.append((pending, next_offset))
             next_offset += pending.header.record_count
         if buffer:
-            segment.stream.append(buffer)
-            segment.stream.flush(Durability(self.config.durability))
-            # The ack rule: acknowledge only if no newer owner fenced this segment.
-            if self.store.exists(fence_marker_path(segment.path)):
-                raise self._not_owner(f"segment {segment.path} was fenced by a newer owner")
+            self._write_and_check(segment, buffer)
             segment.offsets.extend(new_offsets)
             segment.positions.extend(new_positions)
             segment.max_timestamps.extend(new_timestamps)

@@ -15,13 +15,16 @@ import grpc
 
 from talos import config as cfg
 from talos.errors import (
+    CorruptBatch,
+    Fenced,
     InvalidArgument,
     MessageTooLarge,
+    ReadOnlyMirror,
     TalosError,
 )
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.record.batch import verify_single_batch
+from talos.record.batch import BatchHeader, iter_batches, verify_single_batch
 from talos.wire import error_to_proto
 
 if TYPE_CHECKING:
@@ -71,6 +74,12 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         for batch in request.batches:
             try:
                 plog = broker.owned_log(batch.topic, batch.partition)
+                meta = broker.topic_cache.get(batch.topic)
+                if meta is not None and meta.mirror and not meta.mirror.get("promoted"):
+                    raise ReadOnlyMirror(
+                        f"topic: {batch.topic!r} is a mirror of link "
+                        f"{meta.mirror.get('link', '?')}; it is read-only until promoted"
+                    )
                 header = verify_single_batch(batch.records)
                 limit = plog.config.max_message_bytes
                 if header.total_size > limit:
@@ -92,6 +101,31 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             else:
                 result.base_offset = outcome
         return response
+
+    async def MirrorAppend(
+        self, request: pb.MirrorAppendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MirrorAppendResponse:
+        broker = self.broker
+        try:
+            plog = broker.owned_log(request.topic, request.partition)
+            meta = broker.topic_cache.get(request.topic)
+            mirror = meta.mirror if meta is not None else None
+            if not mirror:
+                raise InvalidArgument(f"topic: {request.topic!r} is not a mirror topic")
+            if mirror.get("promoted") or int(mirror.get("epoch", 0)) != request.mirror_epoch:
+                raise Fenced(
+                    f"link {request.link}: {request.topic!r} is at mirror epoch "
+                    f"{mirror.get('epoch', 0)} (promoted: {bool(mirror.get('promoted'))}); "
+                    f"appends for epoch {request.mirror_epoch} are refused"
+                )
+            headers = mirror_batches(request.records, request.expected_offset)
+            log_end = await plog.submit_mirror(request.records, headers, request.expected_offset)
+            return pb.MirrorAppendResponse(log_end=log_end)
+        except TalosError as exc:
+            error = error_to_proto(broker.hint(exc, request))
+            plog_now = broker.logs.get((request.topic, request.partition))
+            log_end = plog_now.log_end if plog_now is not None else -1
+            return pb.MirrorAppendResponse(error=error, log_end=log_end)
 
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -297,6 +331,29 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             return response
         except TalosError as exc:
             return pb.OffsetFetchResponse(error=error_to_proto(exc))
+
+
+def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:
+    """Whole, CRC-valid, contiguous batches starting at expected_offset; else an error."""
+    cfg.validate_offset(expected_offset, "expected_offset")
+    headers: list[BatchHeader] = []
+    consumed = 0
+    for position, header in iter_batches(records):
+        if position != consumed:
+            break
+        want = headers[-1].next_offset if headers else expected_offset
+        if header.base_offset != want:
+            raise InvalidArgument(
+                f"records: batch at offset {header.base_offset} does not continue at {want}"
+            )
+        headers.append(header)
+        consumed = position + header.total_size
+    if not headers or consumed != len(records):
+        raise CorruptBatch(
+            f"records: {len(records) - consumed} bytes at position {consumed} are not a "
+            "whole CRC-valid batch"
+        )
+    return headers
 
 
 def _as_talos(exc: BaseException) -> TalosError:

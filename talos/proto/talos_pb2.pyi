@@ -66,6 +66,30 @@ class ProduceResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[ProduceResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ProduceResult, _Mapping]]] = ...) -> None: ...
 
+class MirrorAppendRequest(_message.Message):
+    __slots__ = ("topic", "partition", "expected_offset", "link", "mirror_epoch", "records")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    expected_offset: int
+    link: str
+    mirror_epoch: int
+    records: bytes
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., expected_offset: _Optional[int] = ..., link: _Optional[str] = ..., mirror_epoch: _Optional[int] = ..., records: _Optional[bytes] = ...) -> None: ...
+
+class MirrorAppendResponse(_message.Message):
+    __slots__ = ("error", "log_end")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOG_END_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    log_end: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., log_end: _Optional[int] = ...) -> None: ...
+
 class FetchPartition(_message.Message):
     __slots__ = ("topic", "partition", "offset", "max_bytes")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class BrokerStub:
                 request_serializer=talos_dot_proto_dot_talos__pb2.FetchRequest.SerializeToString,
                 response_deserializer=talos_dot_proto_dot_talos__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.MirrorAppend = channel.unary_unary(
+                '/talos.v1.Broker/MirrorAppend',
+                request_serializer=talos_dot_proto_dot_talos__pb2.MirrorAppendRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.MirrorAppendResponse.FromString,
+                _registered_method=True)
         self.ListOffsets = channel.unary_unary(
                 '/talos.v1.Broker/ListOffsets',
                 request_serializer=talos_dot_proto_dot_talos__pb2.ListOffsetsRequest.SerializeToString,
@@ -111,6 +116,12 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Fetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MirrorAppend(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +205,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=talos_dot_proto_dot_talos__pb2.FetchRequest.FromString,
                     response_serializer=talos_dot_proto_dot_talos__pb2.FetchResponse.SerializeToString,
+            ),
+            'MirrorAppend': grpc.unary_unary_rpc_method_handler(
+                    servicer.MirrorAppend,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.MirrorAppendRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.MirrorAppendResponse.SerializeToString,
             ),
             'ListOffsets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOffsets,
@@ -305,6 +321,33 @@ class Broker:
             '/talos.v1.Broker/Fetch',
             talos_dot_proto_dot_talos__pb2.FetchRequest.SerializeToString,
             talos_dot_proto_dot_talos__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MirrorAppend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/MirrorAppend',
+            talos_dot_proto_dot_talos__pb2.MirrorAppendRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.MirrorAppendResponse.FromString,
             options,
             channel_credentials,
             insecure,

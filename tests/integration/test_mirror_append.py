@@ -1,0 +1,136 @@
+"""MirrorAppend on a real broker: the conditional append of DESIGN.md §6."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from kazoo.client import KazooClient
+
+from talos.client import Admin, Consumer, Producer, TopicPartition
+from talos.config import TopicConfig
+from talos.coord.topics import TopicStore
+from talos.coord.zk import connect
+from talos.errors import ErrorCode, ReadOnlyMirror
+from talos.proto import talos_pb2 as pb
+from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.record.batch import Record, encode_batch, with_origin
+from talos.testing.cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+MIRROR = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
+
+
+@pytest.fixture
+def zk(cluster: LocalCluster) -> Iterator[KazooClient]:
+    client = connect(cluster.zookeeper.address, cluster.cluster)
+    yield client
+    client.stop()
+    client.close()
+
+
+def source_batches(start: int, sizes: list[int], tag: str = "v") -> list[bytes]:
+    """Batches as a source log holds them (base offsets set), stamped with origin A."""
+    out = []
+    offset = start
+    for size in sizes:
+        records = [
+            Record(value=f"{tag}{offset + i}".encode(), timestamp_ms=1000) for i in range(size)
+        ]
+        out.append(with_origin(encode_batch(records, base_offset=offset), "A", offset))
+        offset += size
+    return out
+
+
+def mirror_append(
+    stub: pb_grpc.BrokerStub, expected: int, batches: list[bytes], epoch: int = 1
+) -> pb.MirrorAppendResponse:
+    response: pb.MirrorAppendResponse = stub.MirrorAppend(
+        pb.MirrorAppendRequest(
+            topic="orders",
+            partition=0,
+            expected_offset=expected,
+            link="A:B",
+            mirror_epoch=epoch,
+            records=b"".join(batches),
+        ),
+        timeout=30,
+    )
+    return response
+
+
+def owner_stub(cluster: LocalCluster) -> pb_grpc.BrokerStub:
+    with Admin(cluster.bootstrap) as admin:
+        address = admin.wait_until_ready("orders").partitions[0].owner_address
+    return pb_grpc.BrokerStub(grpc.insecure_channel(address))
+
+
+def read_all(cluster: LocalCluster, expected: int) -> list[tuple[int, bytes | None]]:
+    consumer = Consumer(cluster.bootstrap, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition("orders", 0)])
+        got: list = []
+        deadline = time.monotonic() + 20
+        while len(got) < expected and time.monotonic() < deadline:
+            got.extend(consumer.poll(0.5))
+        got.extend(consumer.poll(0.3))
+        return [(m.offset, m.value) for m in got]
+    finally:
+        consumer.close()
+
+
+def test_conditional_append_keeps_source_offsets(cluster: LocalCluster, zk: KazooClient) -> None:
+    TopicStore(zk).create("orders", 1, TopicConfig(), int(time.time() * 1000), mirror=MIRROR)
+    stub = owner_stub(cluster)
+    first = source_batches(0, [3, 2])  # offsets 0..4
+    more = source_batches(5, [4])  # offsets 5..8
+
+    # at the end: appended with the source offsets
+    assert mirror_append(stub, 0, first).log_end == 5
+    # the same again (a restarted worker): compared by CRC, acknowledged as present
+    again = mirror_append(stub, 0, first)
+    assert (again.error.code, again.log_end) == (0, 5)
+    # overlapping and new: only the new part is written
+    assert mirror_append(stub, 3, [first[1], *more]).log_end == 9
+    # past the end: GAP with the current end, nothing written
+    gap = mirror_append(stub, 12, source_batches(12, [1]))
+    assert (gap.error.code, gap.error.log_end) == (ErrorCode.GAP, 9)
+    # an overlap that differs: the logs diverged; nothing written
+    other = source_batches(5, [4], tag="other")
+    diverged = mirror_append(stub, 5, other)
+    assert diverged.error.code == ErrorCode.MIRROR_DIVERGED
+    # a batch straddling the end is a divergence too
+    straddle = mirror_append(stub, 7, source_batches(7, [3]))
+    assert straddle.error.code == ErrorCode.MIRROR_DIVERGED
+    # a stale link epoch is fenced
+    stale = mirror_append(stub, 9, source_batches(9, [1]), epoch=0)
+    assert stale.error.code == ErrorCode.FENCED
+
+    assert read_all(cluster, 9) == [(o, f"v{o}".encode()) for o in range(9)]
+
+
+def test_mirror_topic_is_read_only_until_promoted(cluster: LocalCluster, zk: KazooClient) -> None:
+    topics = TopicStore(zk)
+    topics.create("orders", 1, TopicConfig(), int(time.time() * 1000), mirror=MIRROR)
+    stub = owner_stub(cluster)
+    assert mirror_append(stub, 0, source_batches(0, [2])).log_end == 2
+    with Producer(cluster.bootstrap) as producer:
+        with pytest.raises(ReadOnlyMirror):
+            producer.send("orders", b"local").result(timeout=30)
+
+        topics.set_mirror("orders", {**MIRROR, "epoch": 2, "promoted": True})
+        deadline = time.monotonic() + 10
+        while True:  # brokers see the promotion through their ZooKeeper watch
+            try:
+                meta = producer.send("orders", b"local").result(timeout=30)
+                break
+            except ReadOnlyMirror:
+                assert time.monotonic() < deadline, "promotion never made the topic writable"
+                time.sleep(0.1)
+    assert meta.offset == 2  # writes continue right after the mirrored offsets
+    refused = mirror_append(stub, 3, source_batches(3, [1]))
+    assert refused.error.code == ErrorCode.FENCED
+    assert read_all(cluster, 3) == [(0, b"v0"), (1, b"v1"), (2, b"local")]
