@@ -107,7 +107,9 @@ def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalClu
             pending = []
             while not stop.is_set():
                 value = f"m{i}"
-                pending.append((value, producer.send("events", value.encode(), key=value.encode())))
+                pending.append(
+                    (value, producer.send("events", value.encode(), key=f"k{i % 16}".encode()))
+                )
                 i += 1
                 if len(pending) >= 50:
                     for v, f in pending:
@@ -151,6 +153,10 @@ def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalClu
     for partition in {m.partition for m in messages}:
         offsets = sorted(m.offset for m in messages if m.partition == partition)
         assert offsets == list(range(len(offsets))), f"offsets of {partition} are not dense"
+        # one producer: within a partition, offsets follow send order, retries included
+        in_order = sorted((m for m in messages if m.partition == partition), key=lambda m: m.offset)
+        sequence = [int(m.value.decode()[1:]) for m in in_order]
+        assert sequence == sorted(sequence), f"partition {partition} is out of send order"
 
 
 def _raw_produce(address: str, topic: str, partition: int, value: bytes) -> grpc.Future:
