@@ -7,6 +7,7 @@ a thread. The produce path touches no ZooKeeper at all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +56,25 @@ def topic_config_from_proto(message: pb.TopicConfig) -> cfg.TopicConfig:
         segment_bytes=message.segment_bytes or defaults.segment_bytes,
         segment_ms=message.segment_ms or defaults.segment_ms,
     ).validated()
+
+
+Handler = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def replies_with_error(response_type: Callable[..., Any]) -> Callable[[Handler], Handler]:
+    """Answer a Talos error as the response's ``error`` field instead of a gRPC failure."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def run(self: BrokerService, request: Any, context: Any) -> Any:
+            try:
+                return await handler(self, request, context)
+            except TalosError as exc:
+                return response_type(error=error_to_proto(self.broker.hint(exc, request)))
+
+        return run
+
+    return wrap
 
 
 class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
@@ -166,25 +186,23 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 result.error.CopyFrom(error_to_proto(broker.hint(exc, part)))
         return response
 
+    @replies_with_error(pb.ListOffsetsResponse)
     async def ListOffsets(
         self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListOffsetsResponse:
-        try:
-            plog = self.broker.owned_log(request.topic, request.partition, serving=True)
-            if request.timestamp_ms == -1:
-                offset = plog.log_end
-            elif request.timestamp_ms == -2:
-                offset = plog.log_start
-            elif request.timestamp_ms < 0:
-                raise InvalidArgument(
-                    f"timestamp_ms: must be -1 (latest), -2 (earliest) or >= 0, "
-                    f"got {request.timestamp_ms}"
-                )
-            else:
-                offset = await asyncio.to_thread(plog.offset_for_time, request.timestamp_ms)
-            return pb.ListOffsetsResponse(offset=offset)
-        except TalosError as exc:
-            return pb.ListOffsetsResponse(error=error_to_proto(self.broker.hint(exc, request)))
+        plog = self.broker.owned_log(request.topic, request.partition, serving=True)
+        if request.timestamp_ms == -1:
+            offset = plog.log_end
+        elif request.timestamp_ms == -2:
+            offset = plog.log_start
+        elif request.timestamp_ms < 0:
+            raise InvalidArgument(
+                f"timestamp_ms: must be -1 (latest), -2 (earliest) or >= 0, "
+                f"got {request.timestamp_ms}"
+            )
+        else:
+            offset = await asyncio.to_thread(plog.offset_for_time, request.timestamp_ms)
+        return pb.ListOffsetsResponse(offset=offset)
 
     # ---- metadata and admin -------------------------------------------------
 
@@ -193,144 +211,126 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     ) -> pb.MetadataResponse:
         return self.broker.metadata(list(request.topics))
 
+    @replies_with_error(pb.AdminResponse)
     async def CreateTopic(
         self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
-        try:
-            cfg.validate_topic_name(request.name, "name")
-            cfg.validate_partition_count(request.partitions)
-            config = topic_config_from_proto(request.config)
-            await self._coord(
-                lambda: self.broker.topics.create(
-                    request.name, request.partitions, config, self.broker.clock.wall_ms()
-                )
+        cfg.validate_topic_name(request.name, "name")
+        cfg.validate_partition_count(request.partitions)
+        config = topic_config_from_proto(request.config)
+        await self._coord(
+            lambda: self.broker.topics.create(
+                request.name, request.partitions, config, self.broker.clock.wall_ms()
             )
-            await self.broker.topic_cache.refresh_async(request.name)
-            return pb.AdminResponse()
-        except TalosError as exc:
-            return pb.AdminResponse(error=error_to_proto(exc))
+        )
+        await self.broker.topic_cache.refresh_async(request.name)
+        return pb.AdminResponse()
 
+    @replies_with_error(pb.AdminResponse)
     async def AlterTopic(
         self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
-        try:
-            cfg.validate_topic_name(request.name, "name")
-            await self._coord(
-                lambda: self.broker.topics.add_partitions(
-                    request.name, request.partitions, param="partitions"
-                )
+        cfg.validate_topic_name(request.name, "name")
+        await self._coord(
+            lambda: self.broker.topics.add_partitions(
+                request.name, request.partitions, param="partitions"
             )
-            await self.broker.topic_cache.refresh_async(request.name)
-            return pb.AdminResponse()
-        except TalosError as exc:
-            return pb.AdminResponse(error=error_to_proto(exc))
+        )
+        await self.broker.topic_cache.refresh_async(request.name)
+        return pb.AdminResponse()
 
+    @replies_with_error(pb.AdminResponse)
     async def DeleteTopic(
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
-        try:
-            cfg.validate_topic_name(request.name, "name")
-            await self._coord(lambda: self.broker.topics.delete(request.name))
-            await self.broker.topic_cache.refresh_async(request.name)
-            await self._coord(lambda: self.broker.delete_topic_data(request.name))
-            return pb.AdminResponse()
-        except TalosError as exc:
-            return pb.AdminResponse(error=error_to_proto(exc))
+        cfg.validate_topic_name(request.name, "name")
+        await self._coord(lambda: self.broker.topics.delete(request.name))
+        await self.broker.topic_cache.refresh_async(request.name)
+        await self._coord(lambda: self.broker.delete_topic_data(request.name))
+        return pb.AdminResponse()
 
+    @replies_with_error(pb.ListTopicsResponse)
     async def ListTopics(
         self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTopicsResponse:
-        try:
-            names = await self._coord(self.broker.topics.list)
-            return pb.ListTopicsResponse(names=names)
-        except TalosError as exc:
-            return pb.ListTopicsResponse(error=error_to_proto(exc))
+        names = await self._coord(self.broker.topics.list)
+        return pb.ListTopicsResponse(names=names)
 
+    @replies_with_error(pb.InitProducerResponse)
     async def InitProducer(
         self, request: pb.InitProducerRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.InitProducerResponse:
-        try:
-            producer_id = await self._coord(self.broker.allocate_producer_id)
-            return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=0)
-        except TalosError as exc:
-            return pb.InitProducerResponse(error=error_to_proto(exc))
+        producer_id = await self._coord(self.broker.allocate_producer_id)
+        return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=0)
 
     # ---- consumer groups ----------------------------------------------------
 
+    @replies_with_error(pb.JoinGroupResponse)
     async def JoinGroup(
         self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.JoinGroupResponse:
-        try:
-            cfg.validate_group_name(request.group)
-            for topic in request.topics:
-                cfg.validate_topic_name(topic, "topics")
-            timeout_ms = request.session_timeout_ms or 10_000
-            if not 1000 <= timeout_ms <= 300_000:
-                raise InvalidArgument(
-                    f"session_timeout_ms: must be between 1000 and 300000, got {timeout_ms}"
-                )
-            view = await self._coord(
-                lambda: self.broker.groups.join(
-                    request.group,
-                    request.member_id,
-                    sorted(request.topics),
-                    timeout_ms,
-                    self.broker.clock.wall_ms(),
-                )
+        cfg.validate_group_name(request.group)
+        for topic in request.topics:
+            cfg.validate_topic_name(topic, "topics")
+        timeout_ms = request.session_timeout_ms or 10_000
+        if not 1000 <= timeout_ms <= 300_000:
+            raise InvalidArgument(
+                f"session_timeout_ms: must be between 1000 and 300000, got {timeout_ms}"
             )
-            response = pb.JoinGroupResponse(member_id=view.member_id, generation=view.generation)
-            for member_id, topics in sorted(view.members.items()):
-                response.members.add(member_id=member_id, topics=topics)
-            return response
-        except TalosError as exc:
-            return pb.JoinGroupResponse(error=error_to_proto(exc))
+        view = await self._coord(
+            lambda: self.broker.groups.join(
+                request.group,
+                request.member_id,
+                sorted(request.topics),
+                timeout_ms,
+                self.broker.clock.wall_ms(),
+            )
+        )
+        response = pb.JoinGroupResponse(member_id=view.member_id, generation=view.generation)
+        for member_id, topics in sorted(view.members.items()):
+            response.members.add(member_id=member_id, topics=topics)
+        return response
 
+    @replies_with_error(pb.AdminResponse)
     async def LeaveGroup(
         self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
-        try:
-            cfg.validate_group_name(request.group)
-            await self._coord(
-                lambda: self.broker.groups.leave(
-                    request.group, request.member_id, self.broker.clock.wall_ms()
-                )
+        cfg.validate_group_name(request.group)
+        await self._coord(
+            lambda: self.broker.groups.leave(
+                request.group, request.member_id, self.broker.clock.wall_ms()
             )
-            return pb.AdminResponse()
-        except TalosError as exc:
-            return pb.AdminResponse(error=error_to_proto(exc))
+        )
+        return pb.AdminResponse()
 
+    @replies_with_error(pb.AdminResponse)
     async def CommitOffsets(
         self, request: pb.OffsetCommitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
-        try:
-            cfg.validate_group_name(request.group)
-            offsets = {}
-            for item in request.offsets:
-                cfg.validate_topic_name(item.topic)
-                cfg.validate_offset(item.offset)
-                offsets[(item.topic, item.partition)] = item.offset
-            await self._coord(
-                lambda: self.broker.groups.commit(
-                    request.group, request.member_id, request.generation, offsets
-                )
+        cfg.validate_group_name(request.group)
+        offsets = {}
+        for item in request.offsets:
+            cfg.validate_topic_name(item.topic)
+            cfg.validate_offset(item.offset)
+            offsets[(item.topic, item.partition)] = item.offset
+        await self._coord(
+            lambda: self.broker.groups.commit(
+                request.group, request.member_id, request.generation, offsets
             )
-            return pb.AdminResponse()
-        except TalosError as exc:
-            return pb.AdminResponse(error=error_to_proto(exc))
+        )
+        return pb.AdminResponse()
 
+    @replies_with_error(pb.OffsetFetchResponse)
     async def FetchOffsets(
         self, request: pb.OffsetFetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.OffsetFetchResponse:
-        try:
-            cfg.validate_group_name(request.group)
-            wanted = [(tp.topic, tp.partition) for tp in request.partitions]
-            found = await self._coord(lambda: self.broker.groups.fetch(request.group, wanted))
-            response = pb.OffsetFetchResponse()
-            for (topic, partition), offset in sorted(found.items()):
-                response.offsets.add(topic=topic, partition=partition, offset=offset)
-            return response
-        except TalosError as exc:
-            return pb.OffsetFetchResponse(error=error_to_proto(exc))
+        cfg.validate_group_name(request.group)
+        wanted = [(tp.topic, tp.partition) for tp in request.partitions]
+        found = await self._coord(lambda: self.broker.groups.fetch(request.group, wanted))
+        response = pb.OffsetFetchResponse()
+        for (topic, partition), offset in sorted(found.items()):
+            response.offsets.add(topic=topic, partition=partition, offset=offset)
+        return response
 
 
 def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:
