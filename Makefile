@@ -46,8 +46,8 @@ proto-check: venv
 	rm -rf $$tmp; echo "proto: generated code matches talos.proto"
 
 lint: venv
-	$(BIN)/ruff check talos mirror topology tests
-	$(BIN)/ruff format --check talos mirror topology tests
+	$(BIN)/ruff check talos mirror topology chaos bench tests
+	$(BIN)/ruff format --check talos mirror topology chaos bench tests
 
 typecheck: venv
 	$(BIN)/mypy
@@ -64,8 +64,32 @@ test: deps proto-check lint typecheck
 demo: deps
 	$(BIN)/python -m talos.demo
 
-bench: deps
-	$(BIN)/talos bench produce --messages 200000 --size 100
+# NATS JetStream and Redis 7 come from Debian's packages; their Python clients and
+# matplotlib go into the venv (the `bench` extra). Only `make bench` needs them.
+.PHONY: bench-deps
+bench-deps: deps
+	@if ! command -v nats-server >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing nats-server and redis-server from apt"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nats-server redis-server >/dev/null; \
+	fi
+	$(BIN)/pip install -q -e '.[bench]'
+
+# Talos vs NATS JetStream vs Redis Streams on loopback: one table, bench/results/latest.{json,png}.
+# Options through ARGS, e.g. make bench ARGS="--duration 15 --producers 2".
+bench: bench-deps
+	$(BIN)/python -m bench.compare $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The chaos suite (chaos/README.md); needs root for network namespaces, skips without.
+# chaos-smoke: fixed seeds, about 10 minutes, fails on any anomaly.
+# chaos: long runs, e.g. make chaos ARGS="--runs 5 --duration 300 --seed 7".
+.PHONY: chaos chaos-smoke
+chaos-smoke: deps
+	$(BIN)/python -m chaos smoke
+
+chaos: deps
+	$(BIN)/python -m chaos run $(ARGS)

@@ -59,9 +59,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         listen=args.listen,
         advertised_host=args.advertised_host or "",
         workers=args.workers,
+        max_queued_bytes=args.max_queued_bytes,
         session_timeout=args.session_timeout,
         connect_timeout=args.connect_timeout,
         reassign_delay_ms=args.reassign_delay_ms,
+        clock_offset_file=args.clock_offset_file or "",
     )
 
     def ready(address: str) -> None:
@@ -78,6 +80,15 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     from talos.testing.cluster import LocalCluster
 
     data_dir = Path(args.data_dir)
+    if args.dcs > 1:
+        from talos.testing.multidc import run_dev_up
+
+        stop_all = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop_all.set())
+        return run_dev_up(
+            data_dir, brokers=args.brokers, session_timeout=args.session_timeout, stop=stop_all
+        )
     cluster = LocalCluster(
         brokers=args.brokers,
         data_dir=str(data_dir),
@@ -288,10 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--advertised-host", default=None)
     broker.add_argument("--data-dir", required=True, help="posix log store root")
     broker.add_argument("--workers", type=_positive_int("workers", 0), default=0)
+    broker.add_argument(
+        "--max-queued-bytes",
+        type=_positive_int("max-queued-bytes", 1024),
+        default=256 * 1024 * 1024,
+        help="bytes queued for writing on this broker before it answers THROTTLED",
+    )
     broker.add_argument("--session-timeout", type=float, default=10.0)
     broker.add_argument("--connect-timeout", type=float, default=10.0)
     broker.add_argument(
         "--reassign-delay-ms", type=_positive_int("reassign-delay-ms", 0), default=0
+    )
+    broker.add_argument(
+        "--clock-offset-file",
+        default=None,
+        help="file with a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps)",
     )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 
@@ -302,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR))
     up.add_argument("--cluster", default="local")
     up.add_argument("--session-timeout", type=float, default=6.0)
+    up.add_argument(
+        "--dcs",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: datacenters A and B (--brokers each) with a mirror link A->B and a topology file",
+    )
     up.set_defaults(func=cmd_dev_up)
 
     def with_bootstrap(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -352,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
     consume.add_argument("--print-offsets", action="store_true")
     consume.set_defaults(func=cmd_consume)
+
+    from talos.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
+    import mirror.cli
+
+    mirror_sub = sub.add_parser("mirror").add_subparsers(dest="mirror_command", required=True)
+    mirror.cli.add_run_parser(mirror_sub)
+    import mirror.status_cli
+
+    mirror.status_cli.add_status_parser(mirror_sub)
+    __import__("mirror.failover_cli", fromlist=["x"]).add_failover_parsers(mirror_sub)
+    __import__("topology.drill_cli", fromlist=["x"]).add_drill_parser(sub)
     return parser
 
 

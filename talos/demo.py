@@ -3,6 +3,8 @@
 Starts ZooKeeper and three brokers, creates a topic, produces with
 ``talos produce``, consumes with ``talos consume``, kills a broker with
 SIGKILL, shows that every message is still there, and stops everything.
+Then two datacenters with a mirror link A→B: messages produced in A are
+read in B at the same offsets, and ``talos mirror status`` shows the link.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import sys
 import time
 
 from talos.client import Admin
+from talos.errors import TalosError
 from talos.testing.cluster import LocalCluster
+from talos.testing.multidc import MultiDC, mirror_available
 
 DEMO_DIR = os.path.join("var", "demo")
 
 
-def talos(*args: str, stdin: str | None = None, bootstrap: str) -> str:
-    command = [sys.executable, "-m", "talos", *args, "--bootstrap", bootstrap]
-    shown = " ".join(["talos", *args])
+def talos(*args: str, stdin: str | None = None, bootstrap: str | None, label: str = "") -> str:
+    command = [sys.executable, "-m", "talos", *args]
+    if bootstrap is not None:
+        command += ["--bootstrap", bootstrap]
+    shown = " ".join(["talos", *args]) + (f"   # {label}" if label else "")
     print(f"\n$ {shown}" + (" <<< (lines)" if stdin else ""), flush=True)
     result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
     if result.stdout:
@@ -98,8 +104,53 @@ def main() -> int:
         if len(out.splitlines()) != 13:
             raise SystemExit("demo: expected all 13 messages after the broker was killed")
         print("\n== all 13 acknowledged messages survived the crash; stopping the cluster")
-    print("demo finished: everything stopped")
+    print(f"single-DC part done in {time.monotonic() - started:.1f}s")
+    mirror_demo()
+    print(f"\ndemo finished in {time.monotonic() - started:.1f}s: everything stopped")
     return 0
+
+
+def _log_ends(bootstrap: str, topic: str) -> list[int]:
+    with Admin(bootstrap) as admin:
+        return [p.log_end for p in admin.describe_topic(topic).partitions]
+
+
+def mirror_demo() -> None:
+    """Two DCs, a mirror link A→B: produce in A, read the same offsets in B, show the status."""
+    reason = mirror_available()
+    if reason is not None:
+        print(f"\n== skipping the two-datacenter part: {reason}")
+        return
+    print("\n== two datacenters A and B (each: ZooKeeper + 1 broker + its own log store)")
+    print("   and a mirror worker process for the link A->B")
+    with MultiDC(os.path.join(DEMO_DIR, "two-dc"), brokers=1, session_timeout=4.0) as dcs:
+        a, b = dcs.bootstrap("A"), dcs.bootstrap("B")
+        print(f"DC A brokers at {a}; DC B brokers at {b}")
+        print(f"topology file: {dcs.topology_path}")
+        talos("topic", "create", "orders", "--partitions", "2", "--wait", bootstrap=a, label="in A")
+        lines = "\n".join(f"customer-{i % 3}:order #{i}" for i in range(1, 11)) + "\n"
+        talos("produce", "orders", "--key-separator", ":", stdin=lines, bootstrap=a, label="in A")
+        source_ends = _log_ends(a, "orders")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _log_ends(b, "orders") == source_ends:
+                    break
+            except TalosError:
+                pass  # the mirror has not created the topic in B yet
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: the mirror did not copy orders to B; see {DEMO_DIR}")
+            time.sleep(0.2)
+        print(f"\n== the mirror copied every message to B (log ends {source_ends} in both)")
+        consume = ["consume", "orders", "--from-beginning", "--max-messages", "10"]
+        consume += ["--timeout", "30", "--print-offsets"]
+        in_a = talos(*consume, bootstrap=a, label="in A")
+        in_b = talos(*consume, bootstrap=b, label="in B: same messages, same offsets")
+        if sorted(in_a.splitlines()) != sorted(in_b.splitlines()) or not in_b.strip():
+            raise SystemExit("demo: B does not hold A's messages at A's offsets")
+        topology = str(dcs.topology_path)
+        talos("mirror", "status", "--topology", topology, bootstrap=None)
+        print("\n== stopping both datacenters and the mirror worker")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from talos.clock import Clock
 from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.errors import (
+    CorruptBatch,
     Gap,
     MirrorDiverged,
     NotOwner,
@@ -34,7 +35,13 @@ from talos.errors import (
     StorageError,
     TalosError,
 )
-from talos.record.batch import BatchHeader, decode_records, iter_batches, stamp_base_offset
+from talos.record.batch import (
+    BatchHeader,
+    decode_records,
+    iter_batches,
+    parse_header,
+    stamp_base_offset,
+)
 from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
@@ -349,7 +356,8 @@ class PartitionLog:
         committed = self._committed
         if committed.open_size > 0 and should_roll(
             committed.open_size,
-            self.clock.wall_ms() - segment.created_ms,
+            # a wall clock that jumped back makes the age unknown, not negative
+            max(0, self.clock.wall_ms() - segment.created_ms),
             self.config.segment_bytes,
             self.config.segment_ms,
         ):
@@ -563,11 +571,45 @@ class PartitionLog:
         for sealed_segment in sealed:
             if sealed_segment.base_offset <= offset < sealed_segment.end_offset:
                 entries = sealed_segment.entries(self.store)
-                position = seg_index.lookup_position(entries, offset)
-                return read_batches(
-                    self.store, sealed_segment.path, position, max_bytes, sealed_segment.size
-                )
+                i = bisect.bisect_right(entries, offset, key=lambda e: e.offset)
+                if i:
+                    position, base = entries[i - 1].position, entries[i - 1].offset
+                else:
+                    position, base = 0, sealed_segment.base_offset
+                return self._read_sealed(sealed_segment, position, base, offset, max_bytes)
         return b""
+
+    def _read_sealed(
+        self, segment: SealedSegment, position: int, base: int, offset: int, max_bytes: int
+    ) -> bytes:
+        """Batches from an indexed one (at ``position``, starting at offset ``base``) on,
+        until they reach ``offset``; each must continue the offsets of the one before.
+
+        The CRC leaves the base offset out, so a damaged one is caught here, not
+        delivered as records at other offsets. A segment file shorter than its
+        sealed size must end in an error too: returning only the batches before
+        ``offset`` would leave a reader asking for the same offset forever.
+        """
+        expected = base
+        while True:
+            data = read_batches(self.store, segment.path, position, max_bytes, segment.size)
+            if not data:
+                raise CorruptBatch(
+                    f"segment {segment.path}: ends at position {position} before offset "
+                    f"{offset}, inside its sealed size {segment.size}"
+                )
+            at = 0
+            while at < len(data):
+                header = parse_header(data, at)
+                if header.base_offset != expected:
+                    raise CorruptBatch(
+                        f"segment {segment.path}: the batch at position {position + at} "
+                        f"says base offset {header.base_offset}, expected {expected}"
+                    )
+                expected, at = header.next_offset, at + header.total_size
+            if expected > offset:
+                return data
+            position += len(data)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is at or after timestamp_ms."""
@@ -599,8 +641,11 @@ class PartitionLog:
 
 
 def _identity(header: BatchHeader) -> BatchIdentity:
+    """The batch's producer identity; a mirrored batch's ids belong to another cluster's
+    id space, so they are not tracked here (they would clash with ours after promotion)."""
+    producer_id = header.producer_id if not header.origin_cluster else -1
     return BatchIdentity(
-        header.producer_id, header.producer_epoch, header.base_sequence, header.record_count
+        producer_id, header.producer_epoch, header.base_sequence, header.record_count
     )
 
 

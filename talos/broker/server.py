@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from kazoo.client import KazooClient
 
-from talos.clock import SYSTEM_CLOCK, Clock
+from talos.clock import SYSTEM_CLOCK, Clock, ShiftedClock
 from talos.config import validate_partition, validate_topic_name
 from talos.coord.brokers import BrokerRegistry
 from talos.coord.controller import Assignment, AssignmentWatcher, Controller
@@ -59,6 +59,34 @@ class BrokerConfig:
     session_timeout: float = 10.0
     connect_timeout: float = 10.0
     reassign_delay_ms: int = 0
+    # A file holding a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps).
+    clock_offset_file: str = ""
+
+
+#: How often the clock offset file is re-read.
+CLOCK_OFFSET_POLL_S = 0.5
+
+
+def follow_clock_offset(path: str, clock: ShiftedClock, stop: threading.Event) -> threading.Thread:
+    """Keep ``clock``'s wall offset equal to the integer (ms) in ``path``, so a test can
+    jump a live broker's clock; a missing or unreadable file leaves the offset as it is."""
+
+    def apply() -> None:
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+            clock.wall_offset_ms = int(text or 0)
+        except (OSError, ValueError):
+            pass
+
+    def run() -> None:
+        while not stop.wait(CLOCK_OFFSET_POLL_S):
+            apply()
+
+    apply()
+    thread = threading.Thread(target=run, name="talos-clock-offset", daemon=True)
+    thread.start()
+    return thread
 
 
 class TopicCache:
@@ -316,7 +344,13 @@ async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
     """Run until SIGTERM/SIGINT; ``ready(address)`` is called once serving."""
     import signal
 
-    broker = Broker(config)
+    clock: Clock = SYSTEM_CLOCK
+    stop_clock = threading.Event()
+    if config.clock_offset_file:
+        shifted = ShiftedClock()
+        follow_clock_offset(config.clock_offset_file, shifted, stop_clock)
+        clock = shifted
+    broker = Broker(config, clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, broker.request_stop)
@@ -326,4 +360,5 @@ async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
             ready(broker.address)
         await broker.serve_until_stopped()
     finally:
+        stop_clock.set()
         await broker.stop()

@@ -152,7 +152,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     ) -> pb.FetchResponse:
         broker = self.broker
         max_wait = min(max(request.max_wait_ms, 0), MAX_WAIT_MS) / 1000
-        response = self._fetch_once(request)
+        response = await self._fetch(request)
         if max_wait > 0 and not any(r.records for r in response.results):
             waits = []
             for part, result in zip(request.partitions, response.results, strict=True):
@@ -167,8 +167,17 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 )
                 for task in pending:
                     task.cancel()
-                response = self._fetch_once(request)
+                response = await self._fetch(request)
         return response
+
+    async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
+        """Reads that return data go to a thread, so the loop keeps serving produces."""
+        logs = self.broker.logs
+        for part in request.partitions:
+            plog = logs.get((part.topic, part.partition))
+            if plog is not None and part.offset < plog.log_end:
+                return await asyncio.to_thread(self._fetch_once, request)
+        return self._fetch_once(request)  # nothing to read: answering is cheap
 
     def _fetch_once(self, request: pb.FetchRequest) -> pb.FetchResponse:
         broker = self.broker

@@ -15,8 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures._base import FINISHED, PENDING
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -29,15 +30,16 @@ from talos.errors import (
     MessageTooLarge,
     TalosError,
     TalosTimeout,
+    Throttled,
 )
 from talos.proto import talos_pb2 as pb
-from talos.record.batch import HEADER_SIZE, BatchBuilder, record_size
+from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
 from talos.wire import error_from_proto, from_grpc_error, raise_for
 
 from .connection import Connections, retry_policy
-from .routing import Router
+from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 # Headroom under max_message_bytes: a record's timestamp delta may take up to 9
 # more bytes than record_size() assumes, and compression adds frame overhead.
 BATCH_SLACK_BYTES = 64
+# More than a record with no key and no headers adds to its value: length, timestamp
+# delta, null key, value length and header count varints (for values under 2 MB).
+VALUE_OVERHEAD = 16
 
 
 class RecordMetadata(NamedTuple):
@@ -53,16 +58,151 @@ class RecordMetadata(NamedTuple):
     offset: int
 
 
-@dataclass
+class _Outcome:
+    """What every record of one batch shares: one lock, one state, one base offset or error."""
+
+    __slots__ = ("base_offset", "condition", "error", "partition", "state", "topic", "watchers")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        # Reentrant like Future's own: concurrent.futures.wait() takes every future's lock.
+        self.condition = threading.Condition()
+        self.state = PENDING
+        self.base_offset = 0
+        self.error: BaseException | None = None
+        # the few futures someone waits on through callbacks or concurrent.futures.wait()
+        self.watchers: dict[RecordFuture, tuple[list[Any], list[Any]]] = {}
+
+    def watched(self, future: RecordFuture) -> tuple[list[Any], list[Any]]:
+        lists = self.watchers.get(future)
+        if lists is None:
+            lists = self.watchers[future] = ([], [])
+        return lists
+
+    def complete(self, base_offset: int, error: BaseException | None) -> None:
+        with self.condition:
+            if self.state == FINISHED:
+                return
+            self.base_offset = base_offset
+            self.error = error
+            self.state = FINISHED
+            watchers = list(self.watchers.items())
+            for future, (waiters, _callbacks) in watchers:
+                for waiter in waiters:
+                    if error is None:
+                        waiter.add_result(future)
+                    else:
+                        waiter.add_exception(future)
+            self.condition.notify_all()
+        for future, (_waiters, callbacks) in watchers:
+            for callback in callbacks:
+                try:
+                    callback(future)
+                except Exception:
+                    log.exception("exception calling callback for %r", future)
+
+
+class RecordFuture(Future[RecordMetadata]):
+    """The future send() returns: cheap to make, completed together with its batch.
+
+    A plain Future builds its own Condition (about 0.8 us, the largest cost of a
+    send). These share their batch's lock and state, and concurrent.futures'
+    wait() and as_completed() still work: they use the internals below. A record
+    that was handed to the producer cannot be cancelled.
+    """
+
+    def __init__(self, outcome: _Outcome, index: int) -> None:  # no Future.__init__: on purpose
+        self._outcome = outcome
+        self._index = index
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        return self._outcome.condition
+
+    @property
+    def _state(self) -> str:  # type: ignore[override]
+        return self._outcome.state
+
+    @property
+    def _result(self) -> RecordMetadata | None:  # type: ignore[override]
+        o = self._outcome
+        if o.state != FINISHED or o.error is not None:
+            return None
+        return RecordMetadata(o.topic, o.partition, o.base_offset + self._index)
+
+    @property
+    def _exception(self) -> BaseException | None:  # type: ignore[override]
+        return self._outcome.error
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        return self._outcome.watched(self)[0]
+
+    @property
+    def _done_callbacks(self) -> list[Any]:
+        return self._outcome.watched(self)[1]
+
+    def cancel(self) -> bool:
+        return False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        raise RuntimeError("a record future is completed by the producer only")
+
+    def set_result(self, result: RecordMetadata) -> None:
+        raise RuntimeError("a record future is completed by the producer only")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        raise RuntimeError("a record future is completed by the producer only")
+
+
 class _Batch:
-    topic: str
-    partition: int
-    builder: BatchBuilder
-    futures: list[Future[RecordMetadata]] = field(default_factory=list)
-    created: float = 0.0
-    encoded: bytes | None = None
-    attempts: int = 0
-    deadline: float = 0.0
+    __slots__ = (
+        "attempts",
+        "builder",
+        "count",
+        "created",
+        "deadline",
+        "encoded",
+        "outcome",
+        "partition",
+        "size",
+        "topic",
+    )
+
+    def __init__(self, topic: str, partition: int, builder: BatchBuilder, created: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.outcome = _Outcome(topic, partition)
+        self.count = 0
+        self.size = HEADER_SIZE
+        self.created = created
+        self.encoded: bytes | None = None
+        self.attempts = 0
+        self.deadline = 0.0
+
+
+class _Topic:
+    """What send() needs to know of a topic, looked up once per topic, not per message."""
+
+    __slots__ = ("cap", "fast_value_max", "limit", "name", "open", "partitions", "route", "sticky")
+
+    def __init__(self, route: TopicRoute, batch_bytes: int, previous: _Topic | None) -> None:
+        self.name = route.name
+        self.route = route
+        self.partitions = route.partitions
+        self.limit = route.config.max_message_bytes
+        # A batch must also fit the topic's limit, which the broker applies to whole
+        # batches; keep room for longer timestamp deltas and compression framing.
+        self.cap = min(batch_bytes, self.limit - BATCH_SLACK_BYTES)
+        # Values up to this size need no exact size check (see VALUE_OVERHEAD).
+        self.fast_value_max = self.limit - BATCH_SLACK_BYTES - HEADER_SIZE - VALUE_OVERHEAD
+        self.open: list[_Batch | None] = [None] * self.partitions
+        self.sticky = -1
+        if previous is not None:  # partitions only grow
+            self.open[: len(previous.open)] = previous.open
+            self.sticky = previous.sticky
 
 
 @dataclass
@@ -91,6 +231,7 @@ class Producer:
         delivery_timeout_s: float = 120.0,
         request_timeout_s: float = 30.0,
         max_in_flight_per_broker: int = 5,
+        buffer_bytes: int = 32 * 1024 * 1024,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not 0 <= linger_ms <= 60_000:
@@ -104,28 +245,46 @@ class Producer:
                 "max_in_flight_per_broker: must be between 1 and 64, "
                 f"got {max_in_flight_per_broker}"
             )
+        if not batch_bytes <= buffer_bytes <= 2**40:
+            raise InvalidArgument(
+                f"buffer_bytes: must be between batch_bytes ({batch_bytes}) and {2**40}, "
+                f"got {buffer_bytes}"
+            )
         self.codec: Codec = parse_codec(compression)
+        self.buffer_bytes = buffer_bytes
         self.linger_s = linger_ms / 1000
         self.batch_bytes = batch_bytes
         self.idempotent = idempotent
         self.delivery_timeout_s = delivery_timeout_s
         self.max_in_flight = max_in_flight_per_broker
         self.clock = clock
+        self._wall_ms = clock.wall_ms
         self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
         self.router = Router(self.connections, clock)
+        self._topics: dict[str, _Topic] = {}
         self._open: dict[tuple[str, int], _Batch] = {}
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
-        self._sticky: dict[str, int] = {}
         self._round_robin = itertools.count()
         self._in_flight: dict[str, int] = {}
         self._outstanding = 0
+        self._buffered = 0  # bytes of sealed batches not yet acknowledged or failed
         self._flush_requested = 0
         self._closed = False
         self._producer_id = -1
-        self._lock = threading.Condition()
+        # send() takes the bare lock (cheap); waits and wake-ups go through the condition.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
+        self.metrics = {
+            "batches_sent": 0,
+            "retries": 0,
+            "requests": 0,
+            "records_failed": 0,
+            "throttled": 0,  # batches the broker pushed back (retried)
+        }
+        # Produce calls in flight, at most max_in_flight per broker (threads are reused).
+        self._calls = ThreadPoolExecutor(max_workers=64, thread_name_prefix="talos-producer-call")
         self._sender = threading.Thread(target=self._run, name="talos-producer-sender", daemon=True)
         self._sender.start()
-        self.metrics = {"batches_sent": 0, "retries": 0, "requests": 0}
 
     # ---- public API ---------------------------------------------------------
 
@@ -138,50 +297,54 @@ class Producer:
         headers: Sequence[tuple[str, bytes | None]] = (),
         timestamp_ms: int | None = None,
     ) -> Future[RecordMetadata]:
+        """Queue one record; the future completes when its batch is acknowledged.
+
+        This runs once per message, so the common case (no key, no headers, a known
+        topic, an open batch) does a handful of dictionary lookups and one append.
+        """
         if self._closed:
             raise InvalidArgument("producer: already closed")
-        route = self.router.route(validate_topic_name(topic))
-        limit = route.config.max_message_bytes
-        size = record_size(value, key, headers) + HEADER_SIZE
-        if size > limit - BATCH_SLACK_BYTES:
-            raise MessageTooLarge(
-                f"value: message of {size} bytes (with batch header) exceeds topic {topic!r} "
-                f"max_message_bytes {limit}"
-            )
-        if partition is None:
-            if key is not None:
-                partition = key_partition(key, route.partitions)
+        entry = self._topics.get(topic)
+        if entry is None:
+            entry = self._topic(topic)
+        try:
+            if key is None and not headers and value is not None:
+                size = len(value) + VALUE_OVERHEAD
+                if size > entry.fast_value_max + VALUE_OVERHEAD:
+                    size = self._checked_size(entry, value, key, headers)
             else:
-                partition = self._sticky.get(topic)
-                if partition is None or partition >= route.partitions:
-                    partition = next(self._round_robin) % route.partitions
-                    self._sticky[topic] = partition
-        else:
-            validate_partition(partition, route.partitions)
-        future: Future[RecordMetadata] = Future()
-        now = self.clock.monotonic()
-        timestamp = self.clock.wall_ms() if timestamp_ms is None else timestamp_ms
-        tp = (topic, partition)
-        # A batch must also fit the topic's limit, which the broker applies to whole
-        # batches; keep room for longer timestamp deltas and compression framing.
-        cap = min(self.batch_bytes, limit - BATCH_SLACK_BYTES)
-        with self._lock:
-            batch = self._open.get(tp)
-            if batch is not None and batch.builder.size_in_bytes + size - HEADER_SIZE > cap:
-                self._seal(tp, batch)
+                size = self._checked_size(entry, value, key, headers)
+            if partition is None:
+                if key is None:
+                    partition = entry.sticky
+                    if partition < 0:
+                        partition = entry.sticky = next(self._round_robin) % entry.partitions
+                else:
+                    partition = key_partition(key, entry.partitions)
+            else:
+                validate_partition(partition, entry.partitions)
+        except TypeError:
+            raise bad_record_error(value, key, timestamp_ms, headers) from None
+        if entry.open[partition] is None:
+            entry = self._fresh_topic(entry)  # once per batch: has the topic changed?
+        timestamp = self._wall_ms() if timestamp_ms is None else timestamp_ms
+        with self._mutex:
+            batch = entry.open[partition]
+            if batch is not None and batch.size + size > entry.cap:
+                self._seal(entry, batch)
                 batch = None
             if batch is None:
-                batch = _Batch(topic, partition, BatchBuilder(codec=self.codec), created=now)
-                self._open[tp] = batch
-            batch.builder.append(value, key, timestamp, headers)
-            batch.futures.append(future)
+                if self._buffered >= self.buffer_bytes:
+                    self._wait_for_buffer()
+                batch = self._open_batch(entry, partition)
+            batch.size += batch.builder.append(value, key, timestamp, headers)
+            index = batch.count
+            batch.count = index + 1
             self._outstanding += 1
-            if batch.builder.size_in_bytes >= cap:
-                self._seal(tp, batch)
+            if batch.size >= entry.cap:
+                self._seal(entry, batch)
                 self._lock.notify()
-            elif len(batch.futures) == 1:
-                self._lock.notify()
-        return future
+        return RecordFuture(batch.outcome, index)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait for every outstanding send to finish."""
@@ -208,6 +371,7 @@ class Producer:
                 self._closed = True
                 self._lock.notify_all()
             self._sender.join(timeout=5)
+            self._calls.shutdown(wait=False, cancel_futures=True)
             self.connections.close()
 
     def __enter__(self) -> Producer:
@@ -216,22 +380,92 @@ class Producer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- topics -------------------------------------------------------------
+
+    def _topic(self, topic: str) -> _Topic:
+        route = self.router.route(validate_topic_name(topic))
+        with self._mutex:
+            entry = self._topics.get(topic)
+            if entry is None or entry.route is not route:
+                entry = self._topics[topic] = _Topic(route, self.batch_bytes, entry)
+            return entry
+
+    def _fresh_topic(self, entry: _Topic) -> _Topic:
+        """The entry for the router's current route (it may have refreshed or expired)."""
+        route = self.router.route(entry.name)
+        if route is entry.route:
+            return entry
+        with self._mutex:
+            current = self._topics[entry.name]
+            if current.route is not route:
+                current = self._topics[entry.name] = _Topic(route, self.batch_bytes, current)
+            return current
+
+    @staticmethod
+    def _checked_size(
+        entry: _Topic,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+    ) -> int:
+        """The exact encoded size of a record, refused if its batch could not fit the topic."""
+        size = record_size(value, key, headers)
+        if size + HEADER_SIZE > entry.limit - BATCH_SLACK_BYTES:
+            raise MessageTooLarge(
+                f"value: message of {size + HEADER_SIZE} bytes (with batch header) exceeds "
+                f"topic {entry.name!r} max_message_bytes {entry.limit}"
+            )
+        return size
+
     # ---- batching (under the lock) ------------------------------------------
 
-    def _seal(self, tp: tuple[str, int], batch: _Batch) -> None:
-        del self._open[tp]
+    def _wait_for_buffer(self) -> None:
+        """Block send() while buffer_bytes are waiting to be acknowledged (back-pressure)."""
+        deadline = self.clock.monotonic() + self.delivery_timeout_s
+        while self._buffered >= self.buffer_bytes and not self._closed:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                raise TalosTimeout(
+                    f"send: {self._buffered} bytes still unacknowledged after "
+                    f"{self.delivery_timeout_s}s (buffer_bytes {self.buffer_bytes})"
+                )
+            self._lock.wait(min(left, 0.05))
+
+    def _open_batch(self, entry: _Topic, partition: int) -> _Batch:
+        batch = _Batch(
+            entry.name, partition, BatchBuilder(codec=self.codec), self.clock.monotonic()
+        )
+        entry.open[partition] = batch
+        self._open[(entry.name, partition)] = batch
+        self._lock.notify()  # the sender times the linger from now
+        return batch
+
+    def _seal(self, entry: _Topic, batch: _Batch) -> None:
+        tp = (batch.topic, batch.partition)
+        if entry.open[batch.partition] is batch:
+            entry.open[batch.partition] = None
+        self._open.pop(tp, None)
+        if entry.sticky == batch.partition:
+            entry.sticky = -1
+        if batch.count == 0:  # its only append was refused
+            return
         batch.deadline = self.clock.monotonic() + self.delivery_timeout_s
+        self._buffered += batch.size
         self._queues.setdefault(tp, _PartitionQueue()).ready.append(batch)
-        if self._sticky.get(tp[0]) == tp[1]:
-            self._sticky.pop(tp[0], None)
 
     def _seal_lingering(self, now: float) -> float:
         """Seal open batches whose linger expired; return seconds until the next expires."""
         wait = 0.1
-        for tp, batch in list(self._open.items()):
+        for batch in list(self._open.values()):
             due = batch.created + self.linger_s
             if self._flush_requested or due <= now:
-                self._seal(tp, batch)
+                queue = self._queues.get((batch.topic, batch.partition))
+                if queue is not None and (queue.in_flight or queue.ready):
+                    # It could not be sent before the one ahead is answered: let it grow
+                    # meanwhile (one bigger request instead of many tiny ones). The answer
+                    # wakes this thread again.
+                    continue
+                self._seal(self._topics[batch.topic], batch)
             else:
                 wait = min(wait, due - now)
         return wait
@@ -245,29 +479,36 @@ class Producer:
                     return
                 now = self.clock.monotonic()
                 wait = self._seal_lingering(now)
-                ready = self._take_ready(now)
-                if not ready:
+                ready, expired = self._take_ready(now)
+                if not ready and not expired:
                     self._lock.wait(max(wait, 0.0005))
                     continue
+            for batch in expired:
+                self._fail(
+                    batch, TalosTimeout(f"{batch.topic}/{batch.partition}: delivery timed out")
+                )
+            if not ready:
+                continue
             try:
                 self._dispatch(ready)
             except Exception:  # never let the sender die with batches queued
                 log.exception("producer sender failed")
                 time.sleep(0.1)
 
-    def _take_ready(self, now: float) -> list[_Batch]:
-        taken = []
-        for tp, queue in self._queues.items():
+    def _take_ready(self, now: float) -> tuple[list[_Batch], list[_Batch]]:
+        taken: list[_Batch] = []
+        expired: list[_Batch] = []
+        for queue in self._queues.values():
             if queue.ready and not queue.in_flight and queue.retry_at <= now:
                 batch = queue.ready[0]
                 if now > batch.deadline:
                     queue.ready.popleft()
-                    self._fail(batch, TalosTimeout(f"{tp[0]}/{tp[1]}: delivery timed out"))
+                    expired.append(batch)
                     queue.producer_id = -1  # the sequence may have a gap now
                     continue
                 queue.in_flight = True
                 taken.append(batch)
-        return taken
+        return taken, expired
 
     def _dispatch(self, batches: list[_Batch]) -> None:
         by_address: dict[str, list[_Batch]] = {}
@@ -290,10 +531,7 @@ class Producer:
                     topic=batch.topic, partition=batch.partition, records=batch.encoded
                 )
             self.metrics["requests"] += 1
-            call = self.connections.stub(address).Produce.future(
-                request, timeout=self.connections.request_timeout
-            )
-            call.add_done_callback(self._on_response(address, group))
+            self._calls.submit(self._call, address, request, group)
 
     def _encode(self, batch: _Batch) -> None:
         if batch.encoded is not None:
@@ -324,26 +562,30 @@ class Producer:
 
         return retry_policy(30.0)(call)
 
-    def _on_response(self, address: str, group: list[_Batch]) -> Callable[[Any], None]:
-        def done(call: Any) -> None:
-            with self._lock:
-                self._in_flight[address] -= 1
-                self._lock.notify_all()
-            try:
-                response: pb.ProduceResponse = call.result()
-            except grpc.RpcError as exc:
-                error = from_grpc_error(exc, address)
-                for batch in group:
-                    self._completed(batch, error)
-                return
-            except Exception as exc:  # cancelled at shutdown
-                for batch in group:
-                    self._completed(batch, TalosError(repr(exc)))
-                return
-            for batch, result in zip(group, response.results, strict=True):
-                self._completed(batch, error_from_proto(result.error), result.base_offset)
+    def _call(self, address: str, request: pb.ProduceRequest, group: list[_Batch]) -> None:
+        """One blocking Produce call on a pooled thread.
 
-        return done
+        Not Produce.future(): a sync channel starts a new polling thread each time
+        it goes from no call to one, which at modest rates is every call.
+        """
+        outcome: pb.ProduceResponse | TalosError
+        try:
+            outcome = self.connections.stub(address).Produce(
+                request, timeout=self.connections.request_timeout
+            )
+        except grpc.RpcError as exc:
+            outcome = from_grpc_error(exc, address)
+        except Exception as exc:  # the channel was closed at shutdown
+            outcome = TalosError(repr(exc))
+        with self._lock:
+            self._in_flight[address] -= 1
+            self._lock.notify_all()
+        if isinstance(outcome, TalosError):
+            for batch in group:
+                self._completed(batch, outcome)
+            return
+        for batch, result in zip(group, outcome.results, strict=True):
+            self._completed(batch, error_from_proto(result.error), result.base_offset)
 
     def _completed(self, batch: _Batch, error: TalosError | None, base_offset: int = 0) -> None:
         tp = (batch.topic, batch.partition)
@@ -356,6 +598,8 @@ class Producer:
             elif error.retriable and self.clock.monotonic() < batch.deadline and not self._closed:
                 batch.attempts += 1
                 self.metrics["retries"] += 1
+                if isinstance(error, Throttled):
+                    self.metrics["throttled"] += 1
                 queue.retry_at = self.clock.monotonic() + _backoff(batch.attempts)
                 self.router.mark_stale(batch.topic)
                 self._lock.notify_all()
@@ -365,21 +609,19 @@ class Producer:
                 if batch.encoded is not None:
                     queue.producer_id = -1  # this sequence may never have landed
             self._lock.notify_all()
-        if error is None:
-            for i, future in enumerate(batch.futures):
-                future.set_result(RecordMetadata(batch.topic, batch.partition, base_offset + i))
-            with self._lock:
-                self._outstanding -= len(batch.futures)
-                self._lock.notify_all()
-        else:
-            self._fail(batch, error)
+        self._finish(batch, base_offset, error)
 
     def _fail(self, batch: _Batch, error: TalosError) -> None:
-        for future in batch.futures:
-            if not future.done():
-                future.set_exception(error)
-        with self._lock:  # reentrant: callers may hold it
-            self._outstanding -= len(batch.futures)
+        self._finish(batch, 0, error)
+
+    def _finish(self, batch: _Batch, base_offset: int, error: TalosError | None) -> None:
+        """Complete every record future of the batch at once; then count them done."""
+        batch.outcome.complete(base_offset, error)
+        with self._lock:
+            self._outstanding -= batch.count
+            self._buffered -= batch.size
+            if error is not None:
+                self.metrics["records_failed"] += batch.count
             self._lock.notify_all()
 
 

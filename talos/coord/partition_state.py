@@ -121,7 +121,16 @@ class PartitionState:
         _check_nonneg(base_offset, "base_offset")
         _check_nonneg(end_offset, "end_offset")
         _check_nonneg(size, "size")
-        index = next((i for i, s in enumerate(self.segments) if s.base_offset == base_offset), None)
+        # The last one: an owner fenced before writing leaves an empty sealed segment
+        # at the same base offset as its successor's.
+        index = next(
+            (
+                i
+                for i in reversed(range(len(self.segments)))
+                if self.segments[i].base_offset == base_offset
+            ),
+            None,
+        )
         if index is None:
             raise InvalidArgument(
                 f"base_offset: no segment starts at {base_offset}; segments start at "
@@ -161,6 +170,61 @@ class PartitionState:
         return dataclasses.replace(
             self, segments=(*self.segments, SegmentInfo(base_offset=base_offset, epoch=epoch))
         )
+
+    def with_truncation(self, offset: int, size_at: int) -> PartitionState:
+        """Cut the log back to end at ``offset`` (failback of a diverged primary).
+
+        No byte is rewritten: whole segments from ``offset`` on leave the list
+        and the segment holding ``offset`` keeps its first ``size_at`` bytes
+        (the position of the batch starting at ``offset``; 0 when ``offset``
+        is a segment base or the current end). The next owner opens a new
+        segment at ``offset`` under a newer epoch. Every segment must be
+        sealed first (take the partition over), so no writer is cut short.
+        """
+        _check_nonneg(offset, "offset")
+        _check_nonneg(size_at, "size_at")
+        if self.open_segment is not None:
+            raise InvalidArgument(
+                f"offset: the segment at {self.open_segment.base_offset} is still open; "
+                "take the partition over and seal it before truncating"
+            )
+        if not self.log_start <= offset <= self.sealed_end:
+            raise InvalidArgument(
+                f"offset: must be between the log start {self.log_start} and the log end "
+                f"{self.sealed_end}, got {offset}"
+            )
+        if offset == self.sealed_end:
+            if size_at != 0:
+                raise InvalidArgument(
+                    f"size_at: must be 0 when truncating at the log end {offset}, got {size_at}"
+                )
+            return self
+        kept: list[SegmentInfo] = []
+        cut_inside = False
+        for segment in self.segments:
+            if segment.base_offset >= offset:
+                break
+            if (segment.end_offset or segment.base_offset) <= offset:
+                kept.append(segment)
+                continue
+            size = segment.size or 0
+            if not 0 < size_at < size:
+                raise InvalidArgument(
+                    f"size_at: the segment at {segment.base_offset} holds {size} bytes, so a cut "
+                    f"inside it must keep between 1 and {size - 1} bytes; got {size_at}"
+                )
+            kept.append(dataclasses.replace(segment, end_offset=offset, size=size_at))
+            cut_inside = True
+            break
+        if not cut_inside and size_at != 0:
+            raise InvalidArgument(
+                f"size_at: {offset} is a segment boundary, so size_at must be 0; got {size_at}"
+            )
+        if (kept[-1].end_offset if kept else self.log_start) != offset:
+            raise InvalidArgument(
+                f"offset: {offset} is not inside any segment (the log has a hole there)"
+            )
+        return dataclasses.replace(self, segments=tuple(kept))
 
 
 class PartitionStateStore:

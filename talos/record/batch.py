@@ -41,9 +41,9 @@ Every decoding error is a :class:`CorruptBatch`, whatever the bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from talos.config import MAX_OFFSET
 from talos.errors import CorruptBatch, InvalidArgument, MessageTooLarge
@@ -73,6 +73,21 @@ _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 _NULL = ONE_BYTE[1]  # zigzag(-1)
 _NO_HEADERS = ONE_BYTE[0]
+T = TypeVar("T")
+# Everything before the value of a record with no key and no headers, by
+# (value length << 6 | timestamp delta): producers send many same-sized values.
+_VALUE_PREFIXES: dict[int, bytes] = {}
+_VALUE_PREFIXES_MAX = 1 << 16
+
+
+def _value_prefix(size: int, delta: int) -> bytes:
+    value_len = uvarint(size << 1)
+    body = 3 + len(value_len) + size  # timestamp delta, null key, value length, value, 0 headers
+    prefix = b"".join((uvarint(body << 1), ONE_BYTE[delta << 1], _NULL, value_len))
+    if len(_VALUE_PREFIXES) >= _VALUE_PREFIXES_MAX:
+        _VALUE_PREFIXES.clear()
+    _VALUE_PREFIXES[size << 6 | delta] = prefix
+    return prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +216,13 @@ def _bad_record(
     )
 
 
+def bad_record_error(
+    value: object, key: object, timestamp_ms: object, headers: object = ()
+) -> InvalidArgument:
+    """The InvalidArgument for a record whose arguments raised TypeError."""
+    return _bad_record(value, key, timestamp_ms, headers)
+
+
 class BatchBuilder:
     """Accumulates records for one partition, cheaply; the producer calls append() per message.
 
@@ -254,6 +276,22 @@ class BatchBuilder:
     ) -> int:
         """Adds one record; returns its encoded size."""
         count = self._count
+        # Fast path, once per message: a bytes value, no key, no headers, a small delta.
+        if key is None and not headers and type(value) is bytes and type(timestamp_ms) is int:
+            delta = timestamp_ms - self._first_ts if count else 0
+            if 0 <= delta < 64 and _I64_MIN <= timestamp_ms <= _I64_MAX:
+                size = len(value)
+                prefix = _VALUE_PREFIXES.get(size << 6 | delta) or _value_prefix(size, delta)
+                buf = self._buf
+                buf += prefix
+                buf += value
+                buf += _NO_HEADERS
+                if count == 0:
+                    self._first_ts = self._max_ts = timestamp_ms
+                elif timestamp_ms > self._max_ts:
+                    self._max_ts = timestamp_ms
+                self._count = count + 1
+                return len(prefix) + size + 1
         try:
             if not _I64_MIN <= timestamp_ms <= _I64_MAX:
                 raise _bad_record(None, None, timestamp_ms)
@@ -450,8 +488,19 @@ def valid_prefix_length(buf: Buffer, pos: int = 0) -> int:
 # --- decoding -------------------------------------------------------------------------------
 
 
+# Builds one decoded record from (value, key, headers, timestamp_ms, offset), Record's order.
+RecordMaker = Callable[
+    [bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...], int, int], T
+]
+
+
 def decode_records(buf: Buffer, pos: int = 0) -> list[Record]:
     """The records of the batch at ``pos``, CRC-checked, with their offsets."""
+    return decode_records_as(buf, Record, pos)
+
+
+def decode_records_as(buf: Buffer, make: RecordMaker[T], pos: int = 0) -> list[T]:
+    """Like :func:`decode_records`, each record built by ``make`` (say, a cheap tuple)."""
     header = verify_batch(buf, pos)
     start = pos + HEADER_SIZE
     end = pos + LENGTH_PREFIX + header.batch_length
@@ -465,20 +514,22 @@ def decode_records(buf: Buffer, pos: int = 0) -> list[Record]:
         data = bytes(memoryview(buf)[start:end])
         start, end = 0, len(data)
     try:
-        return _decode_records(data, start, end, header)
+        return _decode_records(data, start, end, header, make)
     except IndexError:
         raise CorruptBatch(f"batch at {pos}: a record runs past the end of the batch") from None
     except CorruptBatch as exc:
         raise CorruptBatch(f"batch at {pos}: {exc.message}") from None
 
 
-def _decode_records(data: bytes, p: int, end: int, header: BatchHeader) -> list[Record]:
+def _decode_records(
+    data: bytes, p: int, end: int, header: BatchHeader, make: RecordMaker[T]
+) -> list[T]:
     count = header.record_count
     if count > (end - p) // _MIN_RECORD_BYTES:
         raise CorruptBatch(f"{end - p} bytes cannot hold {count} records")
     offset = header.base_offset
     first_ts = header.first_timestamp
-    records: list[Record] = []
+    records: list[T] = []
     append = records.append
     for index in range(count):
         # The one- and two-byte cases of every varint are inlined: this loop runs per message.
@@ -540,7 +591,7 @@ def _decode_records(data: bytes, p: int, end: int, header: BatchHeader) -> list[
             headers, p = _decode_headers(data, p, record_end, index)
         if p != record_end:
             raise CorruptBatch(f"record {index}: length does not match its fields")
-        append(Record(value, key, headers, timestamp, offset + index))
+        append(make(value, key, headers, timestamp, offset + index))
     if p != end:
         raise CorruptBatch(f"{end - p} bytes after the last record")
     return records
@@ -573,6 +624,26 @@ def _decode_headers(
             p += z >> 1
         headers.append((name, value))
     return tuple(headers), p
+
+
+def decode_batches_as(buf: Buffer, make: RecordMaker[T], min_offset: int = 0) -> list[T]:
+    """Records from ``min_offset`` on of the consecutive batches filling ``buf`` (a fetch).
+
+    Batches wholly before ``min_offset`` are skipped without being decoded; the
+    rest are CRC-checked and decoded. CorruptBatch on any bad one.
+    """
+    records: list[T] = []
+    pos = 0
+    size = len(buf)
+    while pos < size:
+        header = parse_header(buf, pos)
+        if header.base_offset + header.record_count > min_offset:
+            decoded = decode_records_as(buf, make, pos)
+            if header.base_offset < min_offset:
+                decoded = decoded[min_offset - header.base_offset :]
+            records += decoded
+        pos += header.total_size
+    return records
 
 
 def decode_all(buf: Buffer) -> list[Record]:

@@ -84,6 +84,7 @@ class LocalCluster:
         session_timeout: float = 4.0,
         reassign_delay_ms: int = 0,
         zookeeper: ZooKeeperServer | None = None,
+        max_queued_bytes: int | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
@@ -91,6 +92,7 @@ class LocalCluster:
         self.cluster = cluster
         self.session_timeout = session_timeout
         self.reassign_delay_ms = reassign_delay_ms
+        self.max_queued_bytes = max_queued_bytes  # None: the broker's default
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -126,6 +128,11 @@ class LocalCluster:
             str(self.session_timeout),
             "--reassign-delay-ms",
             str(self.reassign_delay_ms),
+            *(
+                ["--max-queued-bytes", str(self.max_queued_bytes)]
+                if self.max_queued_bytes is not None
+                else []
+            ),
         ]
 
     def start(self, timeout: float = 60.0) -> None:

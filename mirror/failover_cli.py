@@ -1,0 +1,99 @@
+"""``talos mirror promote`` and ``talos mirror failback``.
+
+Both print a human report by default and the same data with ``--json``;
+bad input (an unknown link, failback before promote, an unreachable A) is
+an InvalidArgument, which the CLI turns into exit code 2 with nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _positive_float(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: must be a number, got {text!r}") from None
+        if not 0 < value <= 3600:
+            raise argparse.ArgumentTypeError(f"{name}: must be > 0 and at most 3600, got {value}")
+        return value
+
+    return parse
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from mirror.failover import PromoteOptions, format_recovery, promote, report_json
+    from topology import load_topology
+
+    topology = load_topology(args.topology)
+    report = promote(
+        topology,
+        args.link,
+        PromoteOptions(
+            topics=args.topics,
+            dry_run=args.dry_run,
+            source_timeout_s=args.source_timeout,
+        ),
+    )
+    print(report_json(report) if args.json else format_recovery(report), flush=True)
+    return 0
+
+
+def cmd_failback(args: argparse.Namespace) -> int:
+    from mirror.failover import FailbackOptions, failback, format_failback, report_json
+    from topology import load_topology
+
+    topology = load_topology(args.topology)
+    report = failback(
+        topology,
+        args.link,
+        FailbackOptions(
+            dry_run=args.dry_run, start_reverse=args.start_reverse, timeout_s=args.timeout
+        ),
+    )
+    print(report_json(report) if args.json else format_failback(report), flush=True)
+    return 0
+
+
+def add_failover_parsers(mirror_sub: Any) -> None:
+    """Register ``promote`` and ``failback`` under the ``talos mirror`` group."""
+    promote = mirror_sub.add_parser(
+        "promote",
+        help="stop a link, make its target topics writable, report the recovery point",
+    )
+    promote.add_argument("--topology", required=True, help="topology file (TOML)")
+    promote.add_argument("--link", required=True, help="the link to promote, SOURCE:TARGET")
+    promote.add_argument("--topics", default=None, help="only the mirror topics matching this glob")
+    promote.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    promote.add_argument("--json", action="store_true", help="print the report as JSON")
+    promote.add_argument(
+        "--source-timeout",
+        type=_positive_float("source-timeout"),
+        default=5.0,
+        help="seconds to wait for the source DC, which may be down (default 5)",
+    )
+    promote.set_defaults(func=cmd_promote)
+
+    failback = mirror_sub.add_parser(
+        "failback",
+        help="after a promote: archive the old primary's divergence, truncate it, reverse",
+    )
+    failback.add_argument("--topology", required=True, help="topology file (TOML)")
+    failback.add_argument("--link", required=True, help="the promoted link, SOURCE:TARGET")
+    failback.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    failback.add_argument("--json", action="store_true", help="print the report as JSON")
+    failback.add_argument(
+        "--start-reverse",
+        action="store_true",
+        help="start a worker of the reverse link TARGET:SOURCE (else print the command)",
+    )
+    failback.add_argument(
+        "--timeout",
+        type=_positive_float("timeout"),
+        default=10.0,
+        help="seconds per call to either DC (default 10)",
+    )
+    failback.set_defaults(func=cmd_failback)
