@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .mirror import add_mirror_parser
 from .runner import MODES, BenchConfig, run, write_json
 from .stats import format_summary
 
@@ -21,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p = bench_sub.add_parser(mode, help=_HELP[mode])
         _add_common(p, mode)
         p.set_defaults(func=cmd_bench, bench_mode=mode)
+    add_mirror_parser(bench_sub)
 
 
 _HELP = {
