@@ -79,7 +79,7 @@ from talos.storage.store import LogStore
 from talos.wire import error_from_proto
 from topology import Datacenter, Link, Topology
 
-from .worker import control_path
+from .paths import control_path, failback_path, progress_path, promotion_path
 
 log = logging.getLogger(__name__)
 
@@ -570,23 +570,6 @@ def _nonneg(value: object, param: str) -> int:
 
 
 # ==== ZooKeeper layout (target ZooKeeper of a link) ============================================
-
-
-def link_path(link: str) -> str:
-    return f"/mirror/{link}"
-
-
-def promotion_path(link: str) -> str:
-    return f"/mirror/{link}/promotion"
-
-
-def failback_path(link: str) -> str:
-    """In the SOURCE's ZooKeeper (A): the failback's own progress, for reruns."""
-    return f"/mirror/{link}/failback"
-
-
-def progress_path(link: str, topic: str, partition: int) -> str:
-    return f"/mirror/{link}/progress/{topic}/{partition}"
 
 
 def _read_json(zk: KazooClient, path: str) -> dict[str, Any] | None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from mirror.status import link_copies, offset_sync_path, target_mirror_problem
+from mirror.paths import offset_sync_path
+from mirror.status import link_copies, target_mirror_problem
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
 from talos.coord.topics import TopicMeta

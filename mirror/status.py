@@ -19,6 +19,13 @@ from typing import Any, Literal
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from mirror.paths import (
+    heartbeat_path,
+    offset_sync_path,
+    progress_path,
+    progress_root,
+    workers_path,
+)
 from talos.client.connection import Connections
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
@@ -44,30 +51,6 @@ _FETCH_PARTITIONS = 32
 
 
 # -- the znode layout in the TARGET ZooKeeper (see notes/mirror.md) --------------------------
-
-
-def link_root(link: str) -> str:
-    return f"/mirror/{link}"
-
-
-def progress_root(link: str) -> str:
-    return f"/mirror/{link}/progress"
-
-
-def progress_path(link: str, target_topic: str, partition: int) -> str:
-    return f"/mirror/{link}/progress/{target_topic}/{partition}"
-
-
-def workers_path(link: str) -> str:
-    return f"/mirror/{link}/workers"
-
-
-def heartbeat_path(link: str) -> str:
-    return f"/mirror/{link}/heartbeat"
-
-
-def offset_sync_path(link: str) -> str:
-    return f"/mirror/{link}/offset_sync"
 
 
 # -- the loop-prevention rule shared with the offset sync -------------------------------------

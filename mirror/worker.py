@@ -54,6 +54,13 @@ from .appender import (
     stamp_origin,
 )
 from .offset_sync import OffsetSync
+from .paths import (
+    control_path,
+    heartbeat_path,
+    progress_path,
+    worker_path,
+    workers_path,
+)
 from .placement import (
     Partition,
     TopicPlan,
@@ -69,35 +76,8 @@ from .reader import FetchReader, ReadResult, SourceReader, StoreReader
 log = logging.getLogger(__name__)
 
 READERS = ("store", "fetch")
-MIRROR_ROOT = "/mirror"
 
 # ---- the ZooKeeper layout (TARGET cluster chroot; see notes/mirror.md) -------------------
-
-
-def link_path(link: str) -> str:
-    """``/mirror/<link>``; the link name "A:B" is kept verbatim (':' is legal in znodes)."""
-    return f"{MIRROR_ROOT}/{link}"
-
-
-def workers_path(link: str) -> str:
-    return f"{link_path(link)}/workers"
-
-
-def worker_path(link: str, worker_id: str) -> str:
-    return f"{workers_path(link)}/{worker_id}"
-
-
-def progress_path(link: str, target_topic: str, partition: int) -> str:
-    return f"{link_path(link)}/progress/{target_topic}/{partition}"
-
-
-def heartbeat_path(link: str) -> str:
-    return f"{link_path(link)}/heartbeat"
-
-
-def control_path(link: str) -> str:
-    """``{"state": "stopped"|"running", ...}``: ``mirror promote`` stops a link here."""
-    return f"{link_path(link)}/control"
 
 
 # ---- options -----------------------------------------------------------------------------

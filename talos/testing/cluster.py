@@ -85,6 +85,7 @@ class LocalCluster:
         reassign_delay_ms: int = 0,
         zookeeper: ZooKeeperServer | None = None,
         max_queued_bytes: int | None = None,
+        advertised_host: str = "",
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
@@ -93,6 +94,8 @@ class LocalCluster:
         self.session_timeout = session_timeout
         self.reassign_delay_ms = reassign_delay_ms
         self.max_queued_bytes = max_queued_bytes  # None: the broker's default
+        # Brokers listen on 127.0.0.1 but may tell clients another address (a WAN proxy).
+        self.advertised_host = advertised_host
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -128,6 +131,7 @@ class LocalCluster:
             str(self.session_timeout),
             "--reassign-delay-ms",
             str(self.reassign_delay_ms),
+            *(["--advertised-host", self.advertised_host] if self.advertised_host else []),
             *(
                 ["--max-queued-bytes", str(self.max_queued_bytes)]
                 if self.max_queued_bytes is not None

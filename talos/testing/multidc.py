@@ -52,26 +52,6 @@ def mirror_available() -> str | None:
     return None
 
 
-class _AdvertisingCluster(LocalCluster):
-    """A LocalCluster whose brokers advertise ``advertised_host`` instead of 127.0.0.1."""
-
-    def __init__(
-        self,
-        brokers: int,
-        data_dir: str,
-        cluster: str,
-        session_timeout: float,
-        advertised_host: str,
-    ) -> None:
-        super().__init__(
-            brokers=brokers, data_dir=data_dir, cluster=cluster, session_timeout=session_timeout
-        )
-        self.advertised_host = advertised_host
-
-    def _broker_args(self, broker_id: str, port: int) -> list[str]:
-        return [*super()._broker_args(broker_id, port), "--advertised-host", self.advertised_host]
-
-
 @dataclass
 class MirrorProcess:
     """One ``talos mirror run`` subprocess."""
@@ -196,22 +176,13 @@ class MultiDC:
         for name in self.dc_names:
             directory = str(self.data_dir / name)
             wan = name in self.wan_dcs
-            cluster: LocalCluster
-            if wan:
-                cluster = _AdvertisingCluster(
-                    brokers=self.brokers,
-                    data_dir=directory,
-                    cluster=name,
-                    session_timeout=self.session_timeout,
-                    advertised_host=WAN_HOST,
-                )
-            else:
-                cluster = LocalCluster(
-                    brokers=self.brokers,
-                    data_dir=directory,
-                    cluster=name,
-                    session_timeout=self.session_timeout,
-                )
+            cluster = LocalCluster(
+                brokers=self.brokers,
+                data_dir=directory,
+                cluster=name,
+                session_timeout=self.session_timeout,
+                advertised_host=WAN_HOST if wan else "",
+            )
             dc = DataCenter(name, cluster)
             self.dcs[name] = dc
             cluster.zookeeper.start()

@@ -24,8 +24,8 @@ from mirror.failover import (
     PromoteOptions,
     failback,
     promote,
-    promotion_path,
 )
+from mirror.paths import promotion_path
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.client.regions import RegionalConsumer, RegionalProducer, RegionalRecordMetadata
 from talos.config import TopicConfig

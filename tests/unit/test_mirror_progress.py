@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from mirror.paths import heartbeat_path, progress_path, worker_path
 from mirror.reader import ReadResult, valid_batches
 from mirror.worker import (
     Progress,
     WorkerOptions,
     build_chunks,
-    heartbeat_path,
     partition_state,
-    progress_path,
-    worker_path,
 )
 from talos.clock import ManualClock
 from talos.errors import InvalidArgument
