@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -89,6 +89,54 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def Produce(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
+        outcomes = await self._start_produce(request)
+        return self._produce_response(request, outcomes)
+
+    async def ProduceStream(
+        self,
+        requests: AsyncIterator[pb.ProduceRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ProduceResponse]:
+        """Pipelined produce: each request is answered as soon as its batches are acknowledged.
+
+        Answers can overtake each other (a slow partition must not hold up the
+        others); the client matches them by ``request_id``.
+        """
+        answers: asyncio.Queue[pb.ProduceResponse | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read_produce_stream(requests, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+
+    async def _read_produce_stream(
+        self,
+        requests: AsyncIterator[pb.ProduceRequest],
+        answers: asyncio.Queue[pb.ProduceResponse | None],
+    ) -> None:
+        outstanding = 0
+        ended = False
+
+        def answered(request: pb.ProduceRequest, gathered: asyncio.Future[list[Any]]) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            if not gathered.cancelled():
+                answers.put_nowait(self._produce_response(request, gathered.result()))
+            if ended and outstanding == 0:
+                answers.put_nowait(None)
+
+        try:
+            async for request in requests:
+                outstanding += 1
+                self._start_produce(request).add_done_callback(functools.partial(answered, request))
+        finally:  # the client half-closed or went away: end once every answer is out
+            ended = True
+            if outstanding == 0:
+                answers.put_nowait(None)
+
+    def _start_produce(self, request: pb.ProduceRequest) -> asyncio.Future[list[Any]]:
+        """Hand every batch to its partition's writer; one future for all their outcomes."""
         broker = self.broker
         futures: list[Awaitable[int]] = []
         for batch in request.batches:
@@ -112,12 +160,16 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures.append(failed)
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        response = pb.ProduceResponse()
+        return asyncio.gather(*futures, return_exceptions=True)
+
+    def _produce_response(
+        self, request: pb.ProduceRequest, outcomes: list[Any]
+    ) -> pb.ProduceResponse:
+        response = pb.ProduceResponse(request_id=request.request_id)
         for batch, outcome in zip(request.batches, outcomes, strict=True):
             result = response.results.add(topic=batch.topic, partition=batch.partition)
             if isinstance(outcome, BaseException):
-                result.error.CopyFrom(error_to_proto(broker.hint(_as_talos(outcome), batch)))
+                result.error.CopyFrom(error_to_proto(self.broker.hint(_as_talos(outcome), batch)))
             else:
                 result.base_offset = outcome
         return response

@@ -2,10 +2,11 @@
 
 ``send()`` appends to the partition's open batch and returns a future. A
 sender thread ships batches that are full or have lingered, grouping the
-partitions each broker owns into one Produce call, with a bounded number of
-calls in flight per broker. One batch per partition is in flight at a time,
-so a partition's order survives retries; a retried batch is sent byte for
-byte as before, and the broker's sequence check drops the duplicate.
+partitions each broker owns into one request on that broker's produce stream,
+with a bounded number of requests in flight per broker. One batch per
+partition is in flight at a time, so a partition's order survives retries;
+a retried batch is sent byte for byte as before, and the broker's sequence
+check drops the duplicate.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures._base import FINISHED, PENDING
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
-import grpc
 
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import validate_partition, validate_topic_name
@@ -36,9 +35,10 @@ from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
-from talos.wire import error_from_proto, from_grpc_error, raise_for
+from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
+from .produce_stream import ProduceStream
 from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class _PartitionQueue:
     retry_at: float = 0.0
     producer_id: int = -1
     next_sequence: int = 0
+    address: str = ""  # the broker its last batch went to
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -281,8 +282,9 @@ class Producer:
             "records_failed": 0,
             "throttled": 0,  # batches the broker pushed back (retried)
         }
-        # Produce calls in flight, at most max_in_flight per broker (threads are reused).
-        self._calls = ThreadPoolExecutor(max_workers=64, thread_name_prefix="talos-producer-call")
+        # One produce stream per broker, opened and reopened by the sender thread.
+        self._streams: dict[str, ProduceStream] = {}
+        self._deadlines_checked = 0.0
         self._sender = threading.Thread(target=self._run, name="talos-producer-sender", daemon=True)
         self._sender.start()
 
@@ -371,7 +373,8 @@ class Producer:
                 self._closed = True
                 self._lock.notify_all()
             self._sender.join(timeout=5)
-            self._calls.shutdown(wait=False, cancel_futures=True)
+            for stream in list(self._streams.values()):
+                stream.close()
             self.connections.close()
 
     def __enter__(self) -> Producer:
@@ -454,16 +457,25 @@ class Producer:
         self._queues.setdefault(tp, _PartitionQueue()).ready.append(batch)
 
     def _seal_lingering(self, now: float) -> float:
-        """Seal open batches whose linger expired; return seconds until the next expires."""
+        """Seal open batches whose linger expired; return seconds until the next expires.
+
+        A lingered batch stays open while its partition or its broker is busy
+        with an earlier request of ours: it grows meanwhile, and once the answer
+        comes (which wakes this thread) it goes out together with every other
+        batch waiting for that broker, in one request. This is Nagle's rule for
+        produce: at modest rates it cuts the requests, whose fixed cost is most
+        of a produce's CPU, and adds at most one round trip. Full batches are
+        sealed by send() and pipelined up to max_in_flight_per_broker.
+        """
         wait = 0.1
+        in_flight = self._in_flight
         for batch in list(self._open.values()):
             due = batch.created + self.linger_s
             if self._flush_requested or due <= now:
                 queue = self._queues.get((batch.topic, batch.partition))
-                if queue is not None and (queue.in_flight or queue.ready):
-                    # It could not be sent before the one ahead is answered: let it grow
-                    # meanwhile (one bigger request instead of many tiny ones). The answer
-                    # wakes this thread again.
+                if queue is not None and (
+                    queue.in_flight or queue.ready or in_flight.get(queue.address, 0)
+                ):
                     continue
                 self._seal(self._topics[batch.topic], batch)
             else:
@@ -474,6 +486,7 @@ class Producer:
 
     def _run(self) -> None:
         while True:
+            self._check_deadlines()
             with self._lock:
                 if self._closed and self._outstanding == 0:
                     return
@@ -494,6 +507,14 @@ class Producer:
             except Exception:  # never let the sender die with batches queued
                 log.exception("producer sender failed")
                 time.sleep(0.1)
+
+    def _check_deadlines(self) -> None:
+        """A broker that stopped answering fails its requests (retriable) after the timeout."""
+        now = self.clock.monotonic()
+        if now - self._deadlines_checked > 0.1:
+            self._deadlines_checked = now
+            for stream in list(self._streams.values()):
+                stream.check_deadline()
 
     def _take_ready(self, now: float) -> tuple[list[_Batch], list[_Batch]]:
         taken: list[_Batch] = []
@@ -516,22 +537,31 @@ class Producer:
             try:
                 self._encode(batch)
                 address = self.router.owner_address(batch.topic, batch.partition)
+                self._queues[(batch.topic, batch.partition)].address = address
             except TalosError as exc:
                 self._completed(batch, exc)
                 continue
             by_address.setdefault(address, []).append(batch)
         for address, group in by_address.items():
-            with self._lock:
-                while self._in_flight.get(address, 0) >= self.max_in_flight and not self._closed:
-                    self._lock.wait(0.05)
-                self._in_flight[address] = self._in_flight.get(address, 0) + 1
+            self._take_slot(address)
             request = pb.ProduceRequest()
             for batch in group:
                 request.batches.add(
                     topic=batch.topic, partition=batch.partition, records=batch.encoded
                 )
             self.metrics["requests"] += 1
-            self._calls.submit(self._call, address, request, group)
+            self._stream(address).send(request, (address, group))
+
+    def _take_slot(self, address: str) -> None:
+        """Wait until the broker has fewer than max_in_flight requests outstanding."""
+        while True:
+            with self._lock:
+                in_flight = self._in_flight.get(address, 0)
+                if in_flight < self.max_in_flight or self._closed:
+                    self._in_flight[address] = in_flight + 1
+                    return
+                self._lock.wait(0.05)
+            self._check_deadlines()
 
     def _encode(self, batch: _Batch) -> None:
         if batch.encoded is not None:
@@ -562,21 +592,24 @@ class Producer:
 
         return retry_policy(30.0)(call)
 
-    def _call(self, address: str, request: pb.ProduceRequest, group: list[_Batch]) -> None:
-        """One blocking Produce call on a pooled thread.
-
-        Not Produce.future(): a sync channel starts a new polling thread each time
-        it goes from no call to one, which at modest rates is every call.
-        """
-        outcome: pb.ProduceResponse | TalosError
-        try:
-            outcome = self.connections.stub(address).Produce(
-                request, timeout=self.connections.request_timeout
+    def _stream(self, address: str) -> ProduceStream:
+        """The broker's produce stream; a broken one is replaced (sender thread only)."""
+        stream = self._streams.get(address)
+        if stream is None or not stream.alive:
+            stream = self._streams[address] = ProduceStream(
+                address,
+                self.connections.stub(address),
+                self._answered,
+                self.connections.request_timeout,
+                self.clock,
             )
-        except grpc.RpcError as exc:
-            outcome = from_grpc_error(exc, address)
-        except Exception as exc:  # the channel was closed at shutdown
-            outcome = TalosError(repr(exc))
+        return stream
+
+    def _answered(
+        self, token: tuple[str, list[_Batch]], outcome: pb.ProduceResponse | TalosError
+    ) -> None:
+        """The broker's answer to one request, or why there is none (any thread)."""
+        address, group = token
         with self._lock:
             self._in_flight[address] -= 1
             self._lock.notify_all()

@@ -218,6 +218,30 @@ def test_paused_zombie_acknowledges_nothing(three_brokers: LocalCluster) -> None
     assert [m.offset for m in messages] == list(range(40))
 
 
+def test_producer_moves_on_from_a_frozen_broker(three_brokers: LocalCluster) -> None:
+    """Requests waiting on a frozen broker's stream time out and go to the new owner, once."""
+    cluster = three_brokers
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("frozen", 1)
+        admin.wait_until_ready("frozen")
+    frozen_id = owner_of(cluster, "frozen", 0)
+    frozen = next(b for b in cluster.brokers if b.broker_id == frozen_id)
+    with Producer(cluster.bootstrap, linger_ms=0, request_timeout_s=2.0) as producer:
+        for i in range(20):
+            producer.send("frozen", f"m{i}".encode())
+        producer.flush()  # the stream to the owner is open
+        frozen.signal(signal.SIGSTOP)
+        try:
+            later = [producer.send("frozen", f"m{i}".encode()) for i in range(20, 40)]
+            offsets = [f.result(timeout=60).offset for f in later]
+        finally:
+            frozen.signal(signal.SIGCONT)
+    assert offsets == list(range(20, 40))
+    assert owner_of(cluster, "frozen", 0) != frozen_id
+    messages = consume_all(cluster.bootstrap, "frozen", 40)
+    assert [m.value for m in messages] == [f"m{i}".encode() for i in range(40)]
+
+
 def test_consumer_group_splits_partitions_and_resumes(three_brokers: LocalCluster) -> None:
     cluster = three_brokers
     with Admin(cluster.bootstrap) as admin:
