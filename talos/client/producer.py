@@ -38,7 +38,7 @@ from talos.record.crc import crc32c
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
-from .produce_stream import ProduceStream
+from .produce_stream import IoLoop, ProduceStream
 from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,9 @@ class Producer:
             "records_failed": 0,
             "throttled": 0,  # batches the broker pushed back (retried)
         }
-        # One produce stream per broker, opened and reopened by the sender thread.
+        # One produce stream per broker, opened and reopened by the sender thread,
+        # all served by one asyncio loop thread.
+        self._io = IoLoop("talos-producer-io")
         self._streams: dict[str, ProduceStream] = {}
         self._deadlines_checked = 0.0
         self._sender = threading.Thread(target=self._run, name="talos-producer-sender", daemon=True)
@@ -375,6 +377,7 @@ class Producer:
             self._sender.join(timeout=5)
             for stream in list(self._streams.values()):
                 stream.close()
+            self._io.close()
             self.connections.close()
 
     def __enter__(self) -> Producer:
@@ -598,7 +601,7 @@ class Producer:
         if stream is None or not stream.alive:
             stream = self._streams[address] = ProduceStream(
                 address,
-                self.connections.stub(address),
+                self._io,
                 self._answered,
                 self.connections.request_timeout,
                 self.clock,

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from talos.client.produce_stream import ProduceStream
+from talos.client.produce_stream import IoLoop, ProduceStream
 from talos.clock import ManualClock
 from talos.errors import TalosError, TalosTimeout, Unavailable
 from talos.proto import talos_pb2 as pb
@@ -53,18 +53,24 @@ class ScriptedBroker(pb_grpc.BrokerServicer):  # type: ignore[misc]
 def serve() -> Iterator[Any]:
     servers: list[grpc.Server] = []
 
-    def start(servicer: ScriptedBroker) -> pb_grpc.BrokerStub:
+    def start(servicer: ScriptedBroker) -> str:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_BrokerServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        return pb_grpc.BrokerStub(channel)
+        return f"127.0.0.1:{port}"
 
     yield start
     for server in servers:
         server.stop(grace=None)
+
+
+@pytest.fixture
+def io() -> Iterator[IoLoop]:
+    loop = IoLoop("test-produce-io")
+    yield loop
+    loop.close()
 
 
 class Answers:
@@ -90,9 +96,9 @@ def request() -> pb.ProduceRequest:
     return req
 
 
-def test_answers_out_of_order_reach_their_own_requests(serve: Any) -> None:
+def test_answers_out_of_order_reach_their_own_requests(serve: Any, io: IoLoop) -> None:
     answers = Answers()
-    stream = ProduceStream("here", serve(ScriptedBroker("reverse")), answers, 30.0, ManualClock())
+    stream = ProduceStream(serve(ScriptedBroker("reverse")), io, answers, 30.0, ManualClock())
     try:
         for token in ("first", "second", "third", "fourth"):
             stream.send(request(), token)
@@ -104,9 +110,9 @@ def test_answers_out_of_order_reach_their_own_requests(serve: Any) -> None:
         stream.close()
 
 
-def test_a_broken_stream_fails_every_waiting_request_once(serve: Any) -> None:
+def test_a_broken_stream_fails_every_waiting_request_once(serve: Any, io: IoLoop) -> None:
     answers = Answers()
-    stream = ProduceStream("here", serve(ScriptedBroker("abort")), answers, 30.0, ManualClock())
+    stream = ProduceStream(serve(ScriptedBroker("abort")), io, answers, 30.0, ManualClock())
     stream.send(request(), "a")
     got = answers.wait_for(1)
     assert isinstance(got["a"], Unavailable) and got["a"].retriable
@@ -116,11 +122,11 @@ def test_a_broken_stream_fails_every_waiting_request_once(serve: Any) -> None:
     stream.close()
 
 
-def test_a_silent_broker_times_out_after_the_request_timeout(serve: Any) -> None:
+def test_a_silent_broker_times_out_after_the_request_timeout(serve: Any, io: IoLoop) -> None:
     answers = Answers()
     clock = ManualClock()
     broker = ScriptedBroker("silent")
-    stream = ProduceStream("here", serve(broker), answers, 5.0, clock)
+    stream = ProduceStream(serve(broker), io, answers, 5.0, clock)
     stream.send(request(), "a")
     assert broker.received.get(timeout=10) == 1
     clock.advance(4.9)
@@ -132,3 +138,20 @@ def test_a_silent_broker_times_out_after_the_request_timeout(serve: Any) -> None
     assert isinstance(got["a"], TalosTimeout) and got["a"].retriable
     assert not stream.alive
     stream.close()
+
+
+def test_many_requests_sent_at_once_go_out_in_order(serve: Any, io: IoLoop) -> None:
+    """Writes queue behind each other on the loop; none is lost or reordered."""
+    answers = Answers()
+    broker = ScriptedBroker("reverse")
+    stream = ProduceStream(serve(broker), io, answers, 30.0, ManualClock())
+    try:
+        for token in range(200):
+            stream.send(request(), token)
+        got = answers.wait_for(200)
+        assert {token: outcome.results[0].base_offset for token, outcome in got.items()} == {
+            token: token + 1 for token in range(200)
+        }
+        assert [broker.received.get(timeout=1) for _ in range(200)] == list(range(1, 201))
+    finally:
+        stream.close()
