@@ -59,6 +59,10 @@ class IoLoop:
         """Run a coroutine on the loop and wait for its result (not from the loop thread)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def is_current(self) -> bool:
+        """True on the loop's own thread, where waiting for the loop would deadlock."""
+        return threading.current_thread() is self._thread
+
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
 

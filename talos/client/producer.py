@@ -305,6 +305,8 @@ class Producer:
 
         This runs once per message, so the common case (no key, no headers, a known
         topic, an open batch) does a handful of dictionary lookups and one append.
+        Callbacks added to the future run on the producer's I/O thread: keep them
+        short, and never wait on this producer from one (as with Kafka's producer).
         """
         if self._closed:
             raise InvalidArgument("producer: already closed")
@@ -352,6 +354,7 @@ class Producer:
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait for every outstanding send to finish."""
+        self._refuse_on_io_thread("flush")
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         with self._lock:
             self._flush_requested += 1
@@ -368,6 +371,7 @@ class Producer:
     def close(self, timeout: float | None = 30.0) -> None:
         if self._closed:
             return
+        self._refuse_on_io_thread("close")
         try:
             self.flush(timeout)
         finally:
@@ -385,6 +389,14 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _refuse_on_io_thread(self, what: str) -> None:
+        """Waiting for acknowledgements on the thread that delivers them would never end."""
+        if self._io.is_current():
+            raise InvalidArgument(
+                f"{what}: cannot wait from a send callback (callbacks run on the "
+                "producer's I/O thread); hand the work to another thread"
+            )
 
     # ---- topics -------------------------------------------------------------
 
@@ -427,6 +439,7 @@ class Producer:
 
     def _wait_for_buffer(self) -> None:
         """Block send() while buffer_bytes are waiting to be acknowledged (back-pressure)."""
+        self._refuse_on_io_thread("send (with buffer_bytes full)")
         deadline = self.clock.monotonic() + self.delivery_timeout_s
         while self._buffered >= self.buffer_bytes and not self._closed:
             left = deadline - self.clock.monotonic()

@@ -313,6 +313,27 @@ def test_messages_within_max_size_are_accepted_when_batched(cluster: LocalCluste
     assert_intact(cluster.bootstrap, "batched", {0: list(enumerate(values))})
 
 
+def test_waiting_from_a_send_callback_is_refused_not_deadlocked(cluster: LocalCluster) -> None:
+    """Callbacks run on the thread that delivers acknowledgements: flush() there would hang."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("callbacks", 1)
+        admin.wait_until_ready("callbacks")
+    refused: list[BaseException] = []
+    with Producer(cluster.bootstrap, linger_ms=0) as producer:
+
+        def flush_from_callback(_future: object) -> None:
+            try:
+                producer.flush(timeout=5)
+            except InvalidArgument as exc:
+                refused.append(exc)
+
+        producer.send("callbacks", b"first").add_done_callback(flush_from_callback)
+        producer.flush(timeout=30)
+        assert producer.send("callbacks", b"second").result(timeout=30).offset == 1
+    assert len(refused) == 1
+    assert str(refused[0]).startswith("flush: cannot wait from a send callback")
+
+
 # ---- 5. unknown topic -------------------------------------------------------------
 
 
