@@ -7,7 +7,6 @@ anything else); status commands take ``--json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from talos import aio
 from talos.config import TopicConfig
 from talos.errors import InvalidArgument, TalosError
 
@@ -69,7 +69,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     def ready(address: str) -> None:
         print(f"broker {args.id} serving on {address}", flush=True)
 
-    asyncio.run(run_broker(config, ready))
+    aio.run(run_broker(config, ready))
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from talos import aio
 from talos.clock import Clock
 from talos.errors import TalosError, TalosTimeout, Unavailable
 from talos.proto import talos_pb2 as pb
@@ -47,7 +48,7 @@ class IoLoop:
     """An asyncio loop on its own daemon thread; other threads hand it work."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = aio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
