@@ -210,7 +210,8 @@ class _PartitionQueue:
     ready: deque[_Batch] = field(default_factory=deque)
     in_flight: bool = False
     retry_at: float = 0.0
-    producer_id: int = -1
+    producer_id: int = -1  # not chosen yet, or dropped with a broken sequence
+    sequence_broken: bool = False
     next_sequence: int = 0
     address: str = ""  # the broker its last batch went to
 
@@ -281,6 +282,7 @@ class Producer:
             "requests": 0,
             "records_failed": 0,
             "throttled": 0,  # batches the broker pushed back (retried)
+            "producer_ids": 0,  # ids asked for: one, plus one per broken partition sequence
         }
         # One produce stream per broker, opened and reopened by the sender thread,
         # all served by one asyncio loop thread.
@@ -542,6 +544,7 @@ class Producer:
                     queue.ready.popleft()
                     expired.append(batch)
                     queue.producer_id = -1  # the sequence may have a gap now
+                    queue.sequence_broken = True
                     continue
                 queue.in_flight = True
                 taken.append(batch)
@@ -585,18 +588,27 @@ class Producer:
         queue = self._queues[(batch.topic, batch.partition)]
         if self.idempotent:
             if queue.producer_id < 0:
-                queue.producer_id = self._new_producer_id()
+                queue.producer_id = self._producer_id_for(queue)
                 queue.next_sequence = 0
             batch.builder.set_sequence(queue.producer_id, 0, queue.next_sequence)
             queue.next_sequence += batch.builder.record_count
         batch.encoded = batch.builder.build()
 
-    def _new_producer_id(self) -> int:
+    def _producer_id_for(self, queue: _PartitionQueue) -> int:
+        """The producer's one id; a fresh one where a partition's sequence broke.
+
+        Every partition keeps its own sequence from 0 under the same id, so only
+        the producer's first batch asks a broker for an id (a ZooKeeper write).
+        A partition whose sequence may have a gap starts anew under a fresh id.
+        """
         if self._producer_id < 0:
             self._producer_id = self._init_producer_id()
+            queue.sequence_broken = False
             return self._producer_id
-        # a partition whose sequence broke gets a fresh id: the broker starts it anew
-        return self._init_producer_id()
+        if queue.sequence_broken:
+            queue.sequence_broken = False
+            return self._init_producer_id()
+        return self._producer_id
 
     def _init_producer_id(self) -> int:
         def call() -> int:
@@ -604,6 +616,7 @@ class Producer:
                 "InitProducer", pb.InitProducerRequest(), list(self.router.brokers.values())
             )
             raise_for(response.error)
+            self.metrics["producer_ids"] += 1
             return int(response.producer_id)
 
         return retry_policy(30.0)(call)
@@ -657,6 +670,7 @@ class Producer:
                 queue.ready.popleft()
                 if batch.encoded is not None:
                     queue.producer_id = -1  # this sequence may never have landed
+                    queue.sequence_broken = True
             self._lock.notify_all()
         self._finish(batch, base_offset, error)
 

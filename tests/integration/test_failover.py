@@ -89,6 +89,24 @@ def test_produce_and_consume_round_trip(three_brokers: LocalCluster) -> None:
     assert all(len(parts) == 1 for parts in by_key.values())
 
 
+def test_one_producer_id_serves_every_partition(three_brokers: LocalCluster) -> None:
+    """A producer's first write to a partition must not cost an id (a ZooKeeper write)."""
+    cluster = three_brokers
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("spread", 6)
+        admin.wait_until_ready("spread")
+    with Producer(cluster.bootstrap, linger_ms=0) as producer:
+        sent = [producer.send("spread", f"p{p}".encode(), partition=p) for p in range(6)]
+        assert [f.result(timeout=30).offset for f in sent] == [0] * 6
+        again = [producer.send("spread", f"p{p}-2".encode(), partition=p) for p in range(6)]
+        assert [f.result(timeout=30).offset for f in again] == [1] * 6
+        assert producer.metrics["producer_ids"] == 1
+    messages = consume_all(cluster.bootstrap, "spread", 12)
+    assert sorted(m.value for m in messages) == sorted(
+        [f"p{p}".encode() for p in range(6)] + [f"p{p}-2".encode() for p in range(6)]
+    )
+
+
 def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalCluster) -> None:
     cluster = three_brokers
     with Admin(cluster.bootstrap) as admin:
