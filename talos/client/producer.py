@@ -164,6 +164,7 @@ class _Batch:
         "created",
         "deadline",
         "encoded",
+        "held_at",
         "outcome",
         "partition",
         "size",
@@ -179,6 +180,7 @@ class _Batch:
         self.size = HEADER_SIZE
         self.created = created
         self.encoded: bytes | None = None
+        self.held_at = -1  # its broker's answer count when its linger ran out while busy
         self.attempts = 0
         self.deadline = 0.0
 
@@ -214,6 +216,20 @@ class _PartitionQueue:
     sequence_broken: bool = False
     next_sequence: int = 0
     address: str = ""  # the broker its last batch went to
+
+
+def nagle_hold(in_flight: int, answers: int, held_at: int) -> tuple[bool, int]:
+    """Hold a lingered batch? And the broker's answer count to remember for it.
+
+    Held while the broker has requests of ours in flight, but only until its
+    next answer (``answers`` passes the count seen when the hold began): a
+    broker kept busy by other partitions' requests must not starve it.
+    """
+    if not in_flight:
+        return False, -1
+    if held_at < 0:
+        return True, answers
+    return answers == held_at, held_at
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -268,6 +284,7 @@ class Producer:
         self._queues: dict[tuple[str, int], _PartitionQueue] = {}
         self._round_robin = itertools.count()
         self._in_flight: dict[str, int] = {}
+        self._answers: dict[str, int] = {}  # answers (or failures) per broker so far
         self._outstanding = 0
         self._buffered = 0  # bytes of sealed batches not yet acknowledged or failed
         self._flush_requested = 0
@@ -478,27 +495,34 @@ class Producer:
         """Seal open batches whose linger expired; return seconds until the next expires.
 
         A lingered batch stays open while its partition or its broker is busy
-        with an earlier request of ours: it grows meanwhile, and once the answer
-        comes (which wakes this thread) it goes out together with every other
-        batch waiting for that broker, in one request. This is Nagle's rule for
-        produce: at modest rates it cuts the requests, whose fixed cost is most
-        of a produce's CPU, and adds at most one round trip. Full batches are
-        sealed by send() and pipelined up to max_in_flight_per_broker.
+        with an earlier request of ours: it grows meanwhile, and the next answer
+        from that broker (which wakes this thread) lets it go out together with
+        every other batch waiting for that broker, in one request. This is
+        Nagle's rule for produce: at modest rates it cuts the requests, whose
+        fixed cost is most of a produce's CPU, and it adds at most one round
+        trip: a broker kept busy by other partitions' full batches holds a
+        batch only until its next answer. Full batches are sealed by send() and
+        pipelined up to max_in_flight_per_broker.
         """
         wait = 0.1
-        in_flight = self._in_flight
         for batch in list(self._open.values()):
             due = batch.created + self.linger_s
             if self._flush_requested or due <= now:
                 queue = self._queues.get((batch.topic, batch.partition))
                 if queue is not None and (
-                    queue.in_flight or queue.ready or in_flight.get(queue.address, 0)
+                    queue.in_flight or queue.ready or self._broker_busy(queue.address, batch)
                 ):
                     continue
                 self._seal(self._topics[batch.topic], batch)
             else:
                 wait = min(wait, due - now)
         return wait
+
+    def _broker_busy(self, address: str, batch: _Batch) -> bool:
+        hold, batch.held_at = nagle_hold(
+            self._in_flight.get(address, 0), self._answers.get(address, 0), batch.held_at
+        )
+        return hold
 
     # ---- sender thread ------------------------------------------------------
 
@@ -641,6 +665,7 @@ class Producer:
         address, group = token
         with self._lock:
             self._in_flight[address] -= 1
+            self._answers[address] = self._answers.get(address, 0) + 1
             self._lock.notify_all()
         if isinstance(outcome, TalosError):
             for batch in group:
