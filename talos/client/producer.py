@@ -649,6 +649,8 @@ class Producer:
         """The broker's produce stream; a broken one is replaced (sender thread only)."""
         stream = self._streams.get(address)
         if stream is None or not stream.alive:
+            if stream is not None:
+                stream.close()  # its channel
             stream = self._streams[address] = ProduceStream(
                 address,
                 self._io,
