@@ -1,4 +1,4 @@
-"""The asyncio event loop Talos runs on: uvloop's, unless told otherwise.
+"""The asyncio event loop Talos runs on (uvloop's, unless told otherwise), and one on a thread.
 
 uvloop's loop is written in C. On the produce path, where the broker's loop
 and the producer's I/O loop each run once per request, it took the round trip
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from talos.errors import InvalidArgument
@@ -46,3 +47,35 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run() on the chosen loop."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+class IoLoop:
+    """An asyncio loop on its own daemon thread; other threads hand it work."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop and wait for its result (not from the loop thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def is_current(self) -> bool:
+        """True on the loop's own thread, where waiting for the loop would deadlock."""
+        return threading.current_thread() is self._thread
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():
+            self.loop.close()

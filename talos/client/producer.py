@@ -22,6 +22,7 @@ from concurrent.futures._base import FINISHED, PENDING
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from talos.aio import IoLoop
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import validate_partition, validate_topic_name
 from talos.errors import (
@@ -38,7 +39,7 @@ from talos.record.crc import crc32c
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
-from .produce_stream import IoLoop, ProduceStream
+from .produce_stream import ProduceStream
 from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,11 @@ class _PartitionQueue:
     sequence_broken: bool = False
     next_sequence: int = 0
     address: str = ""  # the broker its last batch went to
+
+    def break_sequence(self) -> None:
+        """Its next batch starts a new sequence under a fresh producer id."""
+        self.producer_id = -1
+        self.sequence_broken = True
 
 
 def nagle_hold(in_flight: int, answers: int, held_at: int) -> tuple[bool, int]:
@@ -567,8 +573,7 @@ class Producer:
                 if now > batch.deadline:
                     queue.ready.popleft()
                     expired.append(batch)
-                    queue.producer_id = -1  # the sequence may have a gap now
-                    queue.sequence_broken = True
+                    queue.break_sequence()  # the sequence may have a gap now
                     continue
                 queue.in_flight = True
                 taken.append(batch)
@@ -627,12 +632,13 @@ class Producer:
         """
         if self._producer_id < 0:
             self._producer_id = self._init_producer_id()
-            queue.sequence_broken = False
+            producer_id = self._producer_id
+        elif queue.sequence_broken:
+            producer_id = self._init_producer_id()  # may raise: the queue stays broken
+        else:
             return self._producer_id
-        if queue.sequence_broken:
-            queue.sequence_broken = False
-            return self._init_producer_id()
-        return self._producer_id
+        queue.sequence_broken = False
+        return producer_id
 
     def _init_producer_id(self) -> int:
         def call() -> int:
@@ -696,8 +702,7 @@ class Producer:
             else:
                 queue.ready.popleft()
                 if batch.encoded is not None:
-                    queue.producer_id = -1  # this sequence may never have landed
-                    queue.sequence_broken = True
+                    queue.break_sequence()  # this sequence may never have landed
             self._lock.notify_all()
         self._finish(batch, base_offset, error)
 

@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from talos.client.produce_stream import IoLoop, ProduceStream
+from talos.aio import IoLoop
+from talos.client.produce_stream import ProduceStream
 from talos.clock import ManualClock
 from talos.errors import TalosError, TalosTimeout, Unavailable
 from talos.proto import talos_pb2 as pb
