@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import functools
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +30,7 @@ from talos.client.routing import Router
 from talos.errors import CorruptBatch, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import Record, encode_batch
+from talos.signals import stop_on_signals
 from talos.wire import error_from_proto
 
 from .history import HistoryWriter
@@ -39,9 +40,14 @@ MAX_OUTSTANDING = 4000
 
 
 def _stop_event() -> threading.Event:
+    """An event set by SIGTERM or SIGINT.
+
+    SIGABRT prints every thread's stack to the log before the process dies: the
+    runner sends it to a client that does not stop in time, to show where it hung.
+    """
+    faulthandler.enable()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     return stop
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -366,7 +367,10 @@ def _stop_all(nodes: Sequence[Node], timeout: float) -> None:
             continue
         try:
             node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except Exception:  # subprocess.TimeoutExpired: the run reports it through exit codes
+        except subprocess.TimeoutExpired:  # the run reports it through the exit code
+            node.signal(signal.SIGABRT)  # clients dump their threads' stacks to their log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=5.0)
             node.kill()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 from typing import Any
 
@@ -44,6 +43,7 @@ add_mirror_run_parser = add_run_parser
 
 
 def cmd_mirror_run(args: argparse.Namespace) -> int:
+    from talos.signals import stop_on_signals
     from topology import load_topology
 
     from .run import make_worker
@@ -65,12 +65,9 @@ def cmd_mirror_run(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("kazoo").setLevel(logging.WARNING)  # connection chatter
     stop = threading.Event()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda *_: stop.set())
+    restore = stop_on_signals(stop)
     try:
         worker.run(stop)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
     return 0

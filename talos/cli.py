@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 from talos import aio
 from talos.config import TopicConfig
 from talos.errors import InvalidArgument, TalosError
+from talos.signals import stop_on_signals
 
 DEFAULT_DEV_DIR = "var/dev"
 BOOTSTRAP_FILE = "bootstrap"
@@ -84,8 +84,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         from talos.testing.multidc import run_dev_up
 
         stop_all = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop_all.set())
+        stop_on_signals(stop_all)
         return run_dev_up(
             data_dir, brokers=args.brokers, session_timeout=args.session_timeout, stop=stop_all
         )
@@ -96,8 +95,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         session_timeout=args.session_timeout,
     )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     bootstrap_file = data_dir / BOOTSTRAP_FILE
     try:
         print(f"starting ZooKeeper and {args.brokers} broker(s) in {data_dir} ...", flush=True)

@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -38,6 +38,9 @@ from talos.wire import from_grpc_error
 from .connection import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
+
+#: How long closing a stream waits for the broker's last answers.
+CLOSE_TIMEOUT_S = 5.0
 
 # What the answer callback receives: the broker's response, or why there is none.
 Answer = Callable[[Any, "pb.ProduceResponse | TalosError"], None]
@@ -99,11 +102,12 @@ class ProduceStream:
 
     def close(self) -> None:
         """Half-close (the broker answers what it has), then stop; waiting requests fail."""
-        try:
-            self._io.run(self._close(), timeout=10.0)
-        except Exception:  # the loop is gone or the broker does not answer: fail what waits
-            log.debug("closing the produce stream to %s failed", self.address, exc_info=True)
+        close_streams(self._io, [self], CLOSE_TIMEOUT_S)
+
+    def _release(self) -> None:
+        """Drop the gRPC objects now, while the interpreter runs (see close_streams)."""
         self._break(Unavailable(f"broker {self.address}: produce stream closed"))
+        self._channel = self._call = self._reader = self._writer = None
 
     # ---- on the loop --------------------------------------------------------
 
@@ -161,7 +165,32 @@ class ProduceStream:
             if self._broken is None:
                 self._broken = why
             waiting, self._waiting = self._waiting, {}
-        if self._call is not None and not self._io.loop.is_closed():
-            self._io.call(self._call.cancel)
+        call = self._call
+        if call is not None and not self._io.loop.is_closed():
+            self._io.call(call.cancel)
         for token, _deadline in waiting.values():
             self._on_answer(token, why)
+
+
+def close_streams(io: IoLoop, streams: Sequence[ProduceStream], timeout: float) -> None:
+    """Half-close the streams together, so a silent broker costs ``timeout`` once.
+
+    Then every stream lets go of its channel. gRPC's asyncio layer shuts down
+    when its last channel is freed; left to the garbage collector, that can
+    happen while the interpreter exits, when gRPC's poller thread can no longer
+    take the GIL and the exit waits for it forever.
+    """
+
+    async def close_all() -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(stream._close() for stream in streams), return_exceptions=True),
+            timeout,
+        )
+
+    if streams:
+        try:
+            io.run(close_all(), timeout=timeout + 1.0)
+        except Exception:  # the loop is gone or a broker does not answer: fail what waits
+            log.debug("closing produce streams timed out or failed", exc_info=True)
+    for stream in streams:
+        stream._release()

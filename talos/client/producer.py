@@ -31,6 +31,7 @@ from talos.errors import (
     TalosError,
     TalosTimeout,
     Throttled,
+    Unavailable,
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
@@ -39,7 +40,7 @@ from talos.record.crc import crc32c
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
-from .produce_stream import ProduceStream
+from .produce_stream import CLOSE_TIMEOUT_S, ProduceStream, close_streams
 from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
@@ -404,8 +405,8 @@ class Producer:
                 self._closed = True
                 self._lock.notify_all()
             self._sender.join(timeout=5)
-            for stream in list(self._streams.values()):
-                stream.close()
+            streams, self._streams = list(self._streams.values()), {}
+            close_streams(self._io, streams, CLOSE_TIMEOUT_S)
             self._io.close()
             self.connections.close()
 
@@ -598,7 +599,12 @@ class Producer:
                     topic=batch.topic, partition=batch.partition, records=batch.encoded
                 )
             self.metrics["requests"] += 1
-            self._stream(address).send(request, (address, group))
+            try:
+                stream = self._stream(address)
+            except Exception as exc:  # e.g. the I/O loop did not answer: retry, never strand
+                self._answered((address, group), Unavailable(f"broker {address}: {exc!r}"))
+                continue
+            stream.send(request, (address, group))
 
     def _take_slot(self, address: str) -> None:
         """Wait until the broker has fewer than max_in_flight requests outstanding."""

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import signal
 import socket
 import struct
 import sys
@@ -33,6 +32,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from talos.errors import InvalidArgument, TalosError
+from talos.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -483,8 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"proxy: error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     print(f"proxy {proxy.address} -> {args.target} ({args.latency_ms:g} ms)", flush=True)
     try:
         stop.wait()

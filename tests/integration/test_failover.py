@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -105,6 +107,34 @@ def test_one_producer_id_serves_every_partition(three_brokers: LocalCluster) -> 
     assert sorted(m.value for m in messages) == sorted(
         [f"p{p}".encode() for p in range(6)] + [f"p{p}-2".encode() for p in range(6)]
     )
+
+
+# A process that sends, closes its producer and then exits; it prints the
+# threads still alive after close().
+CLOSE_THEN_EXIT = """
+import sys, threading
+from talos.client import Producer
+producer = Producer(sys.argv[1], linger_ms=0)
+producer.send("closing", b"x", partition=0).result(timeout=30)
+producer.close()
+print(sorted(t.name for t in threading.enumerate()))
+"""
+
+
+def test_close_shuts_grpc_asyncio_down_while_the_process_runs(cluster: LocalCluster) -> None:
+    """Left to the garbage collector at exit, gRPC's asyncio shutdown can wait forever
+    for its poller thread (a chaos client hung so); close() must finish it."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("closing", 1)
+        admin.wait_until_ready("closing")
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_THEN_EXIT, cluster.bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MainThread']"
 
 
 def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalCluster) -> None:
