@@ -11,10 +11,13 @@ check drops the duplicate.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -44,6 +47,18 @@ from .produce_stream import CLOSE_TIMEOUT_S, ProduceStream, close_streams
 from .routing import Router, TopicRoute
 
 log = logging.getLogger(__name__)
+
+#: Producers not closed yet. Those still open at exit are closed without waiting:
+#: gRPC's asyncio layer must shut down before the interpreter finalizes (see
+#: produce_stream.close_streams), and what was never flushed is dropped, as in Kafka.
+_OPEN: weakref.WeakSet[Producer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_producers() -> None:
+    for producer in list(_OPEN):
+        with contextlib.suppress(Exception):
+            producer.close(timeout=0)
 
 
 # Headroom under max_message_bytes: a record's timestamp delta may take up to 9
@@ -315,6 +330,7 @@ class Producer:
         self._deadlines_checked = 0.0
         self._sender = threading.Thread(target=self._run, name="talos-producer-sender", daemon=True)
         self._sender.start()
+        _OPEN.add(self)
 
     # ---- public API ---------------------------------------------------------
 
@@ -395,6 +411,10 @@ class Producer:
                 self._flush_requested -= 1
 
     def close(self, timeout: float | None = 30.0) -> None:
+        """Send what is buffered (waiting up to ``timeout``), then let go of everything.
+
+        A producer still open when the process exits is closed then, without waiting.
+        """
         if self._closed:
             return
         self._refuse_on_io_thread("close")
@@ -409,6 +429,7 @@ class Producer:
             close_streams(self._io, streams, CLOSE_TIMEOUT_S)
             self._io.close()
             self.connections.close()
+            _OPEN.discard(self)
 
     def __enter__(self) -> Producer:
         return self

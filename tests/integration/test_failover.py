@@ -121,14 +121,28 @@ print(sorted(t.name for t in threading.enumerate()))
 """
 
 
-def test_close_shuts_grpc_asyncio_down_while_the_process_runs(cluster: LocalCluster) -> None:
+# A process that exits with its producer open; a hook registered before talos
+# is imported runs after talos's own exit hook and prints the threads left.
+EXIT_WITHOUT_CLOSE = """
+import atexit, threading
+atexit.register(lambda: print(sorted(t.name for t in threading.enumerate()), flush=True))
+import sys
+from talos.client import Producer
+producer = Producer(sys.argv[1], linger_ms=0)
+producer.send("closing", b"x", partition=0).result(timeout=30)
+"""
+
+
+@pytest.mark.parametrize("script", [CLOSE_THEN_EXIT, EXIT_WITHOUT_CLOSE], ids=["close", "exit"])
+def test_grpc_asyncio_shuts_down_while_the_process_runs(cluster: LocalCluster, script: str) -> None:
     """Left to the garbage collector at exit, gRPC's asyncio shutdown can wait forever
-    for its poller thread (a chaos client hung so); close() must finish it."""
+    for its poller thread (the likely hang of a chaos client): close(), or the exit hook for a
+    producer left open, must finish it first."""
     with Admin(cluster.bootstrap) as admin:
         admin.create_topic("closing", 1)
         admin.wait_until_ready("closing")
     done = subprocess.run(
-        [sys.executable, "-c", CLOSE_THEN_EXIT, cluster.bootstrap],
+        [sys.executable, "-c", script, cluster.bootstrap],
         capture_output=True,
         text=True,
         timeout=60,
