@@ -31,10 +31,12 @@ from talos.config import validate_partition, validate_topic_name
 from talos.errors import (
     InvalidArgument,
     MessageTooLarge,
+    NotOwner,
     TalosError,
     TalosTimeout,
     Throttled,
     Unavailable,
+    UnknownTopic,
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
@@ -413,7 +415,9 @@ class Producer:
     def close(self, timeout: float | None = 30.0) -> None:
         """Send what is buffered (waiting up to ``timeout``), then let go of everything.
 
-        A producer still open when the process exits is closed then, without waiting.
+        Records not acknowledged by then fail (TalosTimeout, or Unavailable for
+        a request cut short), so no future is left pending. A producer still
+        open when the process exits is closed then, without waiting.
         """
         if self._closed:
             return
@@ -558,8 +562,9 @@ class Producer:
         while True:
             self._check_deadlines()
             with self._lock:
-                if self._closed and self._outstanding == 0:
-                    return
+                if self._closed:
+                    unsent = self._take_unsent()
+                    break
                 now = self.clock.monotonic()
                 wait = self._seal_lingering(now)
                 ready, expired = self._take_ready(now)
@@ -577,6 +582,21 @@ class Producer:
             except Exception:  # never let the sender die with batches queued
                 log.exception("producer sender failed")
                 time.sleep(0.1)
+        # Closed: what is in flight is answered as the streams close; the rest fails now.
+        for batch in unsent:
+            self._fail(batch, TalosTimeout("producer closed before the batch was acknowledged"))
+
+    def _take_unsent(self) -> list[_Batch]:
+        """Every batch not on the wire, out of the queues (lock held): close() ran out of time."""
+        for batch in list(self._open.values()):
+            self._seal(self._topics[batch.topic], batch)
+        unsent: list[_Batch] = []
+        for queue in self._queues.values():
+            keep = 1 if queue.in_flight else 0  # the in-flight batch is the first
+            while len(queue.ready) > keep:
+                unsent.append(queue.ready.pop())
+        unsent.reverse()
+        return unsent
 
     def _check_deadlines(self) -> None:
         """A broker that stopped answering fails its requests (retriable) after the timeout."""
@@ -707,7 +727,12 @@ class Producer:
                 self._completed(batch, outcome)
             return
         for batch, result in zip(group, outcome.results, strict=True):
-            self._completed(batch, error_from_proto(result.error), result.base_offset)
+            error = error_from_proto(result.error)
+            if isinstance(error, UnknownTopic):
+                # A broker learns of a new topic a moment after the others: ask the
+                # metadata again, which waits for the topic or says it is gone.
+                error = NotOwner(f"{address}: {error}")
+            self._completed(batch, error, result.base_offset)
 
     def _completed(self, batch: _Batch, error: TalosError | None, base_offset: int = 0) -> None:
         tp = (batch.topic, batch.partition)

@@ -151,6 +151,26 @@ def test_grpc_asyncio_shuts_down_while_the_process_runs(cluster: LocalCluster, s
     assert done.stdout.strip() == "['MainThread']"
 
 
+def test_close_that_runs_out_of_time_completes_every_future(cluster: LocalCluster) -> None:
+    """Kafka's forced close: what was not acknowledged in time fails, nothing hangs."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("stuck", 1)
+        admin.wait_until_ready("stuck")
+    owner = next(b for b in cluster.brokers if b.broker_id == owner_of(cluster, "stuck", 0))
+    producer = Producer(cluster.bootstrap, linger_ms=1, batch_bytes=16384, request_timeout_s=5.0)
+    producer.send("stuck", b"warm", partition=0).result(timeout=30)
+    owner.signal(signal.SIGSTOP)
+    try:
+        futures = [producer.send("stuck", b"x" * 10_000, partition=0) for _ in range(20)]
+        with pytest.raises(TalosError):
+            producer.close(timeout=1.0)
+        assert all(f.done() for f in futures)  # one in flight, nineteen never sent
+        assert all(isinstance(f.exception(), TalosError) for f in futures)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("talos-producer")]
+    finally:
+        owner.signal(signal.SIGCONT)
+
+
 def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalCluster) -> None:
     cluster = three_brokers
     with Admin(cluster.bootstrap) as admin:

@@ -28,7 +28,7 @@ from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect, loads
-from talos.errors import TalosError
+from talos.errors import TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import (
     HEADER_SIZE,
@@ -248,7 +248,9 @@ class Client:
                 error = error_from_proto(response.results[0].error)
                 if error is None:
                     return int(response.results[0].base_offset)
-                if not error.retriable:
+                # a broker learns of a new topic a moment after the others; the
+                # router's next lookup waits for it or says it is gone
+                if not error.retriable and not isinstance(error, UnknownTopic):
                     raise error
             except TalosError as exc:
                 if not exc.retriable or time.monotonic() > deadline:
