@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from talos.client.connection import Connections
-from talos.errors import TalosError, TalosTimeout
+from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
 
 from .zookeeper import ZooKeeperServer, free_port
@@ -140,6 +140,8 @@ class LocalCluster:
         ]
 
     def start(self, timeout: float = 60.0) -> None:
+        if self.brokers:  # a second start would orphan the first ZooKeeper process
+            raise InvalidArgument("LocalCluster.start: already started (a with-block starts it)")
         if self._own_zk:
             self.zookeeper.start()
         for _i in range(self._broker_count):

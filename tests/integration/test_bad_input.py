@@ -536,3 +536,12 @@ def test_torn_segment_recovers_to_last_complete_batch(cluster: LocalCluster, dam
             more.append((meta.offset, value))
     assert [o for o, _ in more] == [kept, kept + 1, kept + 2]  # dense, nothing reused
     assert_intact(cluster.bootstrap, topic, {0: [*survivors, *more]})
+
+
+def test_starting_a_running_cluster_again_is_refused(cluster: LocalCluster) -> None:
+    """A second start() used to orphan the first ZooKeeper process."""
+    with pytest.raises(InvalidArgument, match="already started"):
+        cluster.start()
+    assert len(cluster.brokers) == 2
+    assert all(broker.alive() for broker in cluster.brokers)
+    assert cluster.zookeeper.process is not None and cluster.zookeeper.process.poll() is None
