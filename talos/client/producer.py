@@ -31,22 +31,20 @@ from talos.config import validate_partition, validate_topic_name
 from talos.errors import (
     InvalidArgument,
     MessageTooLarge,
-    NotOwner,
     TalosError,
     TalosTimeout,
     Throttled,
     Unavailable,
-    UnknownTopic,
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
-from talos.wire import error_from_proto, raise_for
+from talos.wire import raise_for
 
 from .connection import Connections, retry_policy
 from .produce_stream import CLOSE_TIMEOUT_S, ProduceStream, close_streams
-from .routing import Router, TopicRoute
+from .routing import Router, TopicRoute, partition_error
 
 log = logging.getLogger(__name__)
 
@@ -727,12 +725,7 @@ class Producer:
                 self._completed(batch, outcome)
             return
         for batch, result in zip(group, outcome.results, strict=True):
-            error = error_from_proto(result.error)
-            if isinstance(error, UnknownTopic):
-                # A broker learns of a new topic a moment after the others: ask the
-                # metadata again, which waits for the topic or says it is gone.
-                error = NotOwner(f"{address}: {error}")
-            self._completed(batch, error, result.base_offset)
+            self._completed(batch, partition_error(result.error), result.base_offset)
 
     def _completed(self, batch: _Batch, error: TalosError | None, base_offset: int = 0) -> None:
         tp = (batch.topic, batch.partition)

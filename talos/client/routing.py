@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import TopicConfig
-from talos.errors import Unavailable, UnknownTopic
+from talos.errors import NotOwner, TalosError, Unavailable, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.wire import error_from_proto
 
@@ -116,3 +116,16 @@ class Router:
 
     def mark_stale(self, topic: str) -> None:
         self._stale.add(topic)
+
+
+def partition_error(error: pb.Error) -> TalosError | None:
+    """A broker's answer for one partition, as the client should act on it.
+
+    UNKNOWN_TOPIC there is retried through the metadata (as NotOwner): a broker
+    learns of a new topic a moment after the others, and the router's next
+    lookup waits for the topic or says it is gone.
+    """
+    found = error_from_proto(error)
+    if isinstance(found, UnknownTopic):
+        return NotOwner(str(found))
+    return found

@@ -23,12 +23,12 @@ import pytest
 
 from mirror.reader import ReadResult, StoreReader
 from talos.client.connection import Connections
-from talos.client.routing import Router
+from talos.client.routing import Router, partition_error
 from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect, loads
-from talos.errors import TalosError, UnknownTopic
+from talos.errors import TalosError
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import (
     HEADER_SIZE,
@@ -44,7 +44,6 @@ from talos.storage.segment import fence_marker_path, segment_path
 from talos.storage.store import Durability
 from talos.testing.cluster import LocalCluster
 from talos.testing.zookeeper import ZooKeeperServer, zookeeper_available
-from talos.wire import error_from_proto
 
 pytestmark = pytest.mark.integration
 
@@ -245,12 +244,10 @@ class Client:
                         batches=[pb.ProduceBatch(topic=topic, partition=partition, records=batch)]
                     ),
                 )
-                error = error_from_proto(response.results[0].error)
+                error = partition_error(response.results[0].error)
                 if error is None:
                     return int(response.results[0].base_offset)
-                # a broker learns of a new topic a moment after the others; the
-                # router's next lookup waits for it or says it is gone
-                if not error.retriable and not isinstance(error, UnknownTopic):
+                if not error.retriable:
                     raise error
             except TalosError as exc:
                 if not exc.retriable or time.monotonic() > deadline:
