@@ -26,6 +26,7 @@ from mirror.paths import (
     progress_root,
     workers_path,
 )
+from mirror.state import MirrorState, loop_reason, target_problem
 from talos.client.connection import Connections
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
@@ -53,31 +54,17 @@ _FETCH_PARTITIONS = 32
 # -- the znode layout in the TARGET ZooKeeper (see notes/mirror.md) --------------------------
 
 
-# -- the loop-prevention rule shared with the offset sync -------------------------------------
+# -- the loop and target rules (one copy, in mirror.state) -----------------------------------
 
 
-def link_copies(link: Link, source_topic: str, source_mirror: Mapping[str, Any] | None) -> bool:
-    """Whether ``link`` mirrors this source topic at all.
-
-    A topic that is itself an unpromoted mirror of a link out of the target
-    is skipped entirely: copying it would send the target's data home again.
-    """
-    if not link.selects(source_topic):
-        return False
-    if source_mirror is None or source_mirror.get("promoted"):
-        return True
-    return source_mirror.get("source") != link.target
+def link_copies(link: Link, source_topic: str, source_mirror: MirrorState | None) -> bool:
+    """Whether ``link`` mirrors this source topic at all (selected, and no loop)."""
+    return link.selects(source_topic) and not loop_reason(link.source, link.target, source_mirror)
 
 
-def target_mirror_problem(link: Link, target_mirror: Mapping[str, Any] | None) -> str:
+def target_mirror_problem(link: Link, source_topic: str, target_mirror: MirrorState | None) -> str:
     """Why an existing target topic is not a writable mirror of ``link`` ("" if it is)."""
-    if target_mirror is None:
-        return "target topic exists and is not a mirror (an ordinary topic of the target)"
-    if target_mirror.get("link") != link.name:
-        return f"target topic is a mirror of link {target_mirror.get('link')!r}, not {link.name}"
-    if target_mirror.get("promoted"):
-        return "target topic was promoted; this link no longer copies it"
-    return ""
+    return target_problem(link.name, source_topic, target_mirror)
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -803,7 +790,9 @@ class StatusReader:
                     else f"source {source_topic}/{p} has no serving owner"
                 )
             meta = target_zk.metas.get(target_topic)
-            target_problem = target_mirror_problem(link, meta.mirror) if meta is not None else ""
+            problem = (
+                target_mirror_problem(link, source_topic, meta.mirror) if meta is not None else ""
+            )
             target_missing = target_zk.missing(target_view, target_topic, p)
             target_end = None if target_missing else target_view.ends.get((target_topic, p))
             if target_end is None and not target_missing:
@@ -823,7 +812,7 @@ class StatusReader:
                     target_missing=target_missing,
                     oldest_unreplicated_ms=oldest.get((source_topic, p)),
                     error="; ".join(problems),
-                    target_problem=target_problem,
+                    target_problem=problem,
                 )
             )
         errors.extend(target_zk.problems)

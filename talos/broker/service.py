@@ -143,10 +143,10 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             try:
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
-                if meta is not None and meta.mirror and not meta.mirror.get("promoted"):
+                if meta is not None and meta.mirror is not None and not meta.mirror.writable:
                     raise ReadOnlyMirror(
-                        f"topic: {batch.topic!r} is a mirror of link "
-                        f"{meta.mirror.get('link', '?')}; it is read-only until promoted"
+                        f"topic: {batch.topic!r} is a mirror of link {meta.mirror.link} "
+                        f"({meta.mirror.phase.value}); it is read-only until promoted"
                     )
                 header = verify_single_batch(batch.records)
                 limit = plog.config.max_message_bytes
@@ -182,14 +182,11 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             plog = broker.owned_log(request.topic, request.partition)
             meta = broker.topic_cache.get(request.topic)
             mirror = meta.mirror if meta is not None else None
-            if not mirror:
+            if mirror is None:
                 raise InvalidArgument(f"topic: {request.topic!r} is not a mirror topic")
-            if mirror.get("promoted") or int(mirror.get("epoch", 0)) != request.mirror_epoch:
-                raise Fenced(
-                    f"link {request.link}: {request.topic!r} is at mirror epoch "
-                    f"{mirror.get('epoch', 0)} (promoted: {bool(mirror.get('promoted'))}); "
-                    f"appends for epoch {request.mirror_epoch} are refused"
-                )
+            refusal = mirror.append_refusal(request.link, request.mirror_epoch)
+            if refusal:
+                raise Fenced(f"link {request.link}: {request.topic!r}: {refusal}")
             headers = mirror_batches(request.records, request.expected_offset)
             log_end = await plog.submit_mirror(request.records, headers, request.expected_offset)
             return pb.MirrorAppendResponse(log_end=log_end)

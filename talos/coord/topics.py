@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
+from mirror.state import MirrorState, parse_mirror
 from talos.config import (
     MAX_PARTITIONS,
     TopicConfig,
@@ -37,7 +37,7 @@ class TopicMeta:
     partitions: int
     config: TopicConfig
     created_ms: int
-    mirror: dict[str, Any] | None = None
+    mirror: MirrorState | None = None
 
     def to_json(self) -> bytes:
         return dumps(
@@ -46,7 +46,7 @@ class TopicMeta:
                 "partitions": self.partitions,
                 "config": self.config.to_dict(),
                 "created_ms": self.created_ms,
-                "mirror": self.mirror,
+                "mirror": self.mirror.to_dict() if self.mirror is not None else None,
             }
         )
 
@@ -54,28 +54,22 @@ class TopicMeta:
     def from_json(cls, data: bytes) -> TopicMeta:
         raw = loads(data, "topic")
         try:
-            mirror = raw.get("mirror")
+            name = str(raw["name"])
             return cls(
-                name=str(raw["name"]),
+                name=name,
                 partitions=int(raw["partitions"]),
                 config=TopicConfig.from_dict(raw["config"]),
                 created_ms=int(raw["created_ms"]),
-                mirror=dict(mirror) if mirror is not None else None,
+                mirror=parse_mirror(raw.get("mirror"), name),
             )
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise CoordinationError(f"topic: malformed metadata ({exc})") from None
 
 
-def _check_mirror(mirror: object) -> dict[str, Any] | None:
-    if mirror is None:
-        return None
-    if not isinstance(mirror, Mapping):
-        raise InvalidArgument(f"mirror: must be a mapping or None, got {type(mirror).__name__}")
-    try:
-        dumps(dict(mirror))
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"mirror: must be JSON-serializable ({exc})") from None
-    return dict(mirror)
+def _check_mirror(mirror: object) -> MirrorState | None:
+    if mirror is not None and not isinstance(mirror, MirrorState):
+        raise InvalidArgument(f"mirror: must be a MirrorState or None, got {type(mirror).__name__}")
+    return mirror
 
 
 class TopicStore:
@@ -89,7 +83,7 @@ class TopicStore:
         config: TopicConfig,
         now_ms: int,
         *,
-        mirror: Mapping[str, Any] | None = None,
+        mirror: MirrorState | None = None,
     ) -> TopicMeta:
         """Create the topic with ``partitions`` empty partitions; TopicExists if present."""
         validate_topic_name(name)
@@ -190,11 +184,20 @@ class TopicStore:
                 return grown
         raise CoordinationError(f"adding partitions to {name!r}: too much contention, retry")
 
-    def set_mirror(self, name: str, mirror: Mapping[str, Any] | None) -> TopicMeta:
+    def set_mirror(self, name: str, mirror: MirrorState | None) -> TopicMeta:
         """Replace the topic's mirror settings (None: an ordinary, writable topic)."""
         value = _check_mirror(mirror)
+        return self.update_mirror(name, lambda _current: value)
+
+    def update_mirror(
+        self, name: str, transition: Callable[[MirrorState | None], MirrorState | None]
+    ) -> TopicMeta:
+        """Apply a mirror transition to the current value, by compare-and-set."""
         for _ in range(_CAS_ATTEMPTS):
             meta, version = self._read(name)
+            value = _check_mirror(transition(meta.mirror))
+            if value == meta.mirror:
+                return meta
             updated = TopicMeta(meta.name, meta.partitions, meta.config, meta.created_ms, value)
             if self._commit_update(name, updated, version, range(0)):
                 return updated

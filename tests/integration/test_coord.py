@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.recipe.election import Election
 
+from mirror.state import new_mirror
 from talos.config import MAX_PARTITIONS, TopicConfig
 from talos.coord import paths
 from talos.coord.brokers import BrokerRegistry
@@ -201,11 +202,11 @@ def test_topic_watch_and_mirror_field(zk: KazooClient) -> None:
     topics = TopicStore(zk)
     seen: list[list[str]] = []
     topics.watch(seen.append)
-    topics.create("b", 1, TopicConfig(), now_ms=1, mirror={"source": "dc1", "epoch": 1})
+    topics.create("b", 1, TopicConfig(), now_ms=1, mirror=new_mirror("dc1:dc2", "dc1", "b"))
     topics.create("a", 1, TopicConfig(), now_ms=1)
     wait_for(lambda: bool(seen) and seen[-1] == ["a", "b"], what="topic watch")
     assert seen[0] == []
-    assert topics.get("b").mirror == {"source": "dc1", "epoch": 1}
+    assert topics.get("b").mirror == new_mirror("dc1:dc2", "dc1", "b")
     assert topics.set_mirror("b", None).mirror is None
     assert topics.get("b").mirror is None
 

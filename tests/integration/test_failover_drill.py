@@ -26,6 +26,7 @@ from mirror.failover import (
     promote,
 )
 from mirror.paths import promotion_path
+from mirror.state import Phase
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.client.regions import RegionalConsumer, RegionalProducer, RegionalRecordMetadata
 from talos.config import TopicConfig
@@ -239,7 +240,7 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     # A serves the truncated log: a new epoch, a new segment at the cut
     assert log_ends(dcs.bootstrap("A")) == promote_point
     mirror = a_topic_mirror(dcs)
-    assert (mirror["link"], mirror["source"], mirror["promoted"]) == ("B:A", "B", False)
+    assert (mirror.link, mirror.source, mirror.phase) == ("B:A", "B", Phase.MIRRORING)
 
     # the archive holds exactly A's diverged messages, everything intact
     archived = read_topic(dcs.bootstrap("A"), archive, [30, 30])
@@ -374,6 +375,7 @@ def test_drill_lose_region_a_promote_b_and_fail_back(dcs: MultiDC, tmp_path: Pat
     zk_a = connect(dcs.dc("A").zookeeper, "A")
     zk_b = connect(dcs.dc("B").zookeeper, "B")
     b_reader = BrokerReader(dcs.bootstrap("B"), 5.0)
+    wait_ends(dcs, dcs.bootstrap("B"), [0] * PARTITIONS, "the worker to create B's mirror")
     sync = OffsetSync(zk_a, zk_b, topology.link("A:B"), lambda t, p: b_reader.log_end(t, p))
     sync.start()
     traffic = Traffic(topology).start()

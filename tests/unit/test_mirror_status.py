@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from mirror.state import new_mirror, promote
 from mirror.status import (
     Heartbeat,
     LinkStatus,
@@ -310,16 +311,16 @@ def test_progress_znode_parsing() -> None:
 
 def test_loop_rule_skips_unpromoted_mirrors_of_the_target() -> None:
     back = Link("B", "A", ("*",))
-    from_a = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
+    from_a = new_mirror("A:B", "A", "orders")
     assert link_copies(LINK, "orders", None)
     assert not link_copies(back, "orders", from_a)  # B's copy of A's orders never goes home
-    assert link_copies(back, "orders", {**from_a, "promoted": True})
+    assert link_copies(back, "orders", promote(from_a, 1))
     assert not link_copies(Link("A", "B", ("pay*",)), "orders", None)
 
 
 def test_target_mirror_problem() -> None:
-    mine = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
-    assert target_mirror_problem(LINK, mine) == ""
-    assert "not a mirror" in target_mirror_problem(LINK, None)
-    assert "C:B" in target_mirror_problem(LINK, {**mine, "link": "C:B"})
-    assert "promoted" in target_mirror_problem(LINK, {**mine, "promoted": True})
+    mine = new_mirror("A:B", "A", "orders")
+    assert target_mirror_problem(LINK, "orders", mine) == ""
+    assert "not a mirror" in target_mirror_problem(LINK, "orders", None)
+    assert "C:B" in target_mirror_problem(LINK, "orders", replace(mine, link="C:B"))
+    assert "promoted" in target_mirror_problem(LINK, "orders", promote(mine, 1))
