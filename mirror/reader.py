@@ -80,6 +80,11 @@ class SourceReader(Protocol):
         """Drop what is cached for a partition this worker no longer copies."""
         ...
 
+    def changed(self, topic: str, partition: int) -> bool:
+        """Whether the source's partition state changed since the last call (then the
+        worker checks again that the target still holds the source's history)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -167,6 +172,7 @@ class _PartitionView:
     cancel: object = None
     cursor: _Cursor | None = None
     known_end: int = -1  # committed end seen in the open segment
+    state_changed: bool = False  # a watch event since the last changed() call
 
 
 class StoreReader:
@@ -195,6 +201,10 @@ class StoreReader:
             self._views[key] = view
 
         def on_change(state: PartitionState | None) -> None:
+            if view.state is not None and state != view.state:
+                view.state_changed = True
+            if state is None:  # deleted: nothing read so far describes what may come next
+                view.cursor, view.known_end = None, -1
             view.state = state
             view.changed.set()
 
@@ -207,6 +217,14 @@ class StoreReader:
         if view.state is None:
             view.state = self._states.get(topic, partition)
         return view
+
+    def changed(self, topic: str, partition: int) -> bool:
+        with self._lock:
+            view = self._views.get((topic, partition))
+        if view is None or not view.state_changed:
+            return False
+        view.state_changed = False
+        return True
 
     def forget(self, topic: str, partition: int) -> None:
         with self._lock:
@@ -503,6 +521,9 @@ class FetchReader:
 
     def forget(self, topic: str, partition: int) -> None:
         return None
+
+    def changed(self, topic: str, partition: int) -> bool:
+        return False  # the brokers do not show the partition state; checked on start only
 
     def close(self) -> None:
         self.connections.close()

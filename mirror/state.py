@@ -29,7 +29,7 @@ link name, ``failback: "pending"``) are still read.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -240,6 +240,13 @@ def finish_resync(state: MirrorState, source_incarnation: str | None) -> MirrorS
     if state.phase is not Phase.RESYNCING:
         raise InvalidArgument(f"mirror: resync ends a resync, not {state.phase.value}")
     return replace(state, phase=Phase.MIRRORING, source_incarnation=source_incarnation)
+
+
+def lifted(
+    step: Callable[[MirrorState], MirrorState],
+) -> Callable[[MirrorState | None], MirrorState | None]:
+    """``step`` for ``TopicStore.update_mirror``: a topic that is no longer a mirror stays so."""
+    return lambda current: None if current is None else step(current)
 
 
 # ---- the loop and target rules (pure) -------------------------------------------------------

@@ -39,8 +39,8 @@ from topology import Datacenter, Link, Topology
 
 log = logging.getLogger(__name__)
 
-State = Literal["ok", "lagging", "stalled", "error"]
-STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error")
+State = Literal["ok", "lagging", "stalled", "error", "diverged"]
+STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error", "diverged")
 _SEVERITY: dict[str, int] = {state: rank for rank, state in enumerate(STATES)}
 
 DEFAULT_STALL_AFTER_S = 15.0
@@ -424,7 +424,11 @@ def partition_status(
             state = "lagging"
         if heartbeat_age_ms is None or heartbeat_age_ms > stall_after_ms:
             notes.append("no live mirror worker")
-    if fresh and progress is not None:
+    if progress is not None and progress.state == "diverged":
+        # Final until a resync, however old the znode: the worker stopped appending.
+        state = "diverged"
+        notes.insert(0, f"worker: {progress.error or 'diverged'}")
+    elif fresh and progress is not None:
         if progress.state == "error":
             state = "error"
             notes.insert(0, f"worker: {progress.error or 'error'}")

@@ -49,6 +49,7 @@ from topology.model import Datacenter, Link, Topology
 from .appender import (
     TargetClient,
     chunk_ranges,
+    continuity_problem,
     decide_reply,
     split_loop,
     stamp_origin,
@@ -126,6 +127,7 @@ class WorkerOptions:
 def partition_state(
     *,
     error: str,
+    diverged: bool = False,
     source_end: int,
     target_end: int,
     now_ms: int,
@@ -134,7 +136,9 @@ def partition_state(
     stall_after_s: float,
     lagging_after_s: float,
 ) -> str:
-    """ok | lagging | stalled | error, from what the worker knows now."""
+    """ok | lagging | stalled | error | diverged, from what the worker knows now."""
+    if diverged:
+        return "diverged"
     if error:
         return "error"
     behind = source_end > target_end >= 0
@@ -158,6 +162,8 @@ class Progress:
         self.last_progress_ms = clock.wall_ms()
         self.oldest_ts: int | None = None  # first timestamp of the oldest unreplicated batch
         self.error = ""
+        #: set once the target's copy is found not to be the source's history
+        self.diverged = False
         self._bytes = 0
         self._msgs = 0
         self._window = clock.monotonic()
@@ -194,6 +200,7 @@ class Progress:
     def state(self, now_ms: int) -> str:
         return partition_state(
             error=self.error,
+            diverged=self.diverged,
             source_end=self.source_end,
             target_end=self.target_end,
             now_ms=now_ms,
@@ -417,10 +424,15 @@ class PartitionTask:
         while not self._stop.is_set():
             self._report()
             try:
-                if target_end is None:
+                if target_end is None or ctx.reader.changed(source_topic, p):
                     target_end = position = ctx.target.log_end(target_topic, p)
                     self.progress.set_target(target_end)
+                    problem = self._continuity(target_end)
+                    if problem:
+                        self._diverge(problem)
+                        return
                     log.info("%s: resuming at target end %d", self._label, target_end)
+                    pending = []
                 if not pending:
                     result = ctx.reader.read(source_topic, p, position, options.read_bytes)
                     oldest = result.headers[0].first_timestamp if result.headers else None
@@ -503,6 +515,35 @@ class PartitionTask:
                 self._report_until_stopped()
                 return
         self._report(force=True)
+
+    def _continuity(self, target_end: int) -> str:
+        """Checked on every start and whenever the source's partition state changes."""
+        if target_end <= 0:
+            return ""
+        ctx = self.ctx
+        try:
+            last = ctx.target.batch_at(self.plan.target_topic, self.partition, target_end - 1)
+        except OffsetOutOfRange:
+            return ""  # the target starts at its end (a copy started past the source's start)
+        if last is None:
+            return ""
+        try:
+            source = ctx.reader.read(
+                self.plan.source_topic, self.partition, target_end - 1, ctx.options.read_bytes
+            )
+        except OffsetOutOfRange as exc:
+            source = ReadResult(source_end=exc.log_end)
+        return continuity_problem(target_end, last, source, ctx.link.source)
+
+    def _diverge(self, problem: str) -> None:
+        """Stop this partition for good: nothing more is appended until a resync."""
+        self.progress.diverged = True
+        self._fail(
+            f"diverged at offset {self.progress.target_end}: {problem}; the target no longer "
+            f"holds the source's history (talos mirror resync --link {self.ctx.link.name} "
+            f"--topic {self.plan.source_topic})"
+        )
+        self._report_until_stopped()
 
     def _on_error(self, exc: TalosError) -> bool:
         """Handle a read or log-end failure; True means: find the target end again."""

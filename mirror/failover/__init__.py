@@ -10,6 +10,7 @@
   does, find where A's log stops matching B's copy, archive A's suffix into
   ``<topic>.diverged.<stamp>``, cut A back to the common point (group offsets
   past it move back in the same transaction) and make A a mirror of B:A.
+- :mod:`.resync`: replace a diverged mirror copy with a fresh copy of the source.
 - :mod:`.surgery`: the partition operations failback and resync share.
 - :mod:`.report`: text and JSON output.
 """
@@ -41,17 +42,21 @@ from .plan import (
     StoredBatch,
     archive_topic_name,
     clamped_offsets,
+    clamped_to,
     failback_refusal,
     failback_stamp,
     find_divergence,
     is_copy_of,
     plan_promotion,
     recovery_point,
+    resync_cut,
+    resync_refusal,
     source_demotion,
     truncated_state,
 )
 from .promote import PromoteOptions, promote
-from .report import format_failback, format_recovery, report_json
+from .report import format_failback, format_recovery, format_resync, report_json
+from .resync import ResyncOptions, resync
 
 __all__ = [
     "BrokerReader",
@@ -67,10 +72,12 @@ __all__ = [
     "PromoteOptions",
     "PromotionPlan",
     "RecoveryReport",
+    "ResyncOptions",
     "SourceView",
     "StoredBatch",
     "archive_topic_name",
     "clamped_offsets",
+    "clamped_to",
     "close_zk",
     "failback",
     "failback_refusal",
@@ -78,6 +85,7 @@ __all__ = [
     "find_divergence",
     "format_failback",
     "format_recovery",
+    "format_resync",
     "is_copy_of",
     "local_store",
     "mirror_pairs",
@@ -87,6 +95,9 @@ __all__ = [
     "read_progress",
     "recovery_point",
     "report_json",
+    "resync",
+    "resync_cut",
+    "resync_refusal",
     "reverse_command",
     "source_demotion",
     "truncated_state",

@@ -325,7 +325,14 @@ def _failback_partition(
                 ensure_archive(zk_a, a_dc, a_meta, archive, options.timeout_s, now_ms)
                 archive_ready = True
             outcome.archived = archive_suffix(
-                a_dc, a_reader, state, topic, partition, divergence, archive, options.timeout_s
+                a_dc,
+                a_reader,
+                state,
+                topic,
+                partition,
+                divergence.common,
+                archive,
+                options.timeout_s,
             )
         try:
             # One transaction: the cut and every group offset past it move together.

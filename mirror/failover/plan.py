@@ -377,11 +377,12 @@ def clamped_offsets(offsets: Mapping[str, int], divergence: Divergence) -> dict[
     A's log is cut to ``common`` and the reverse link writes B's messages
     from there; a group left at X > common would skip B's ``[common, X)``.
     """
-    return {
-        group: divergence.common
-        for group, offset in sorted(offsets.items())
-        if offset > divergence.common
-    }
+    return clamped_to(offsets, divergence.common)
+
+
+def clamped_to(offsets: Mapping[str, int], cut: int) -> dict[str, int]:
+    """Each group whose committed offset lies past ``cut``, moved back to it."""
+    return {group: cut for group, offset in sorted(offsets.items()) if offset > cut}
 
 
 @dataclass
@@ -496,3 +497,80 @@ def source_demotion(
     if current is not None and current.phase not in (Phase.FAILBACK_PENDING, Phase.PROMOTED):
         return None
     return pending_reverse(current, reverse_link, target_dc, target_topic)
+
+
+# ==== pure: resync =============================================================================
+
+
+def resync_refusal(link: Link, source_topic: str, target_mirror: MirrorState | None) -> str | None:
+    """Why the target copy of ``source_topic`` cannot be resynced (nothing is changed), or None."""
+    if target_mirror is None:
+        return f"the target topic is not a mirror of {source_topic!r}; nothing to resync"
+    if target_mirror.link != link.name or target_mirror.source_topic != source_topic:
+        return (
+            f"the target topic is a mirror of {target_mirror.source_topic!r} through link "
+            f"{target_mirror.link}, not of {source_topic!r} through {link.name}"
+        )
+    if target_mirror.phase not in (Phase.MIRRORING, Phase.RESYNCING):
+        return (
+            f"the target topic is {target_mirror.phase.value}; only a topic the link still "
+            "copies can be resynced"
+        )
+    return None
+
+
+def resync_cut(state: PartitionState, source_start: int) -> PartitionState:
+    """The target partition emptied and released; it starts again at the source's log start
+    (or its own, if that is later), so offsets stay equal to the source's."""
+    cut = state.with_truncation(state.log_start, 0)
+    return dataclasses.replace(cut, log_start=max(state.log_start, source_start), owner="")
+
+
+@dataclass
+class PartitionResync:
+    partition: int
+    target_start: int
+    target_end: int
+    #: where the copy starts again: the source's log start (None: unknown in a dry run)
+    restart_at: int | None
+    archived: int = 0
+    served_at: int | None = None
+    groups_clamped: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def replaced(self) -> int:
+        """Messages of the old copy that leave the topic (into the archive)."""
+        return self.target_end - self.target_start
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["replaced"] = self.replaced
+        return data
+
+
+@dataclass
+class ResyncReport:
+    link: str
+    topic: str
+    target_topic: str
+    dry_run: bool
+    archive_topic: str
+    partitions: list[PartitionResync] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def archived(self) -> int:
+        return sum(p.archived for p in self.partitions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "link": self.link,
+            "topic": self.topic,
+            "target_topic": self.target_topic,
+            "dry_run": self.dry_run,
+            "archive_topic": self.archive_topic,
+            "archived": self.archived,
+            "partitions": [p.to_dict() for p in self.partitions],
+            "notes": list(self.notes),
+        }

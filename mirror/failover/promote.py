@@ -18,7 +18,7 @@ from talos.errors import (
 from topology import Link, Topology
 
 from ..paths import promotion_path
-from ..state import MirrorState, fence
+from ..state import MirrorState, fence, lifted
 from ..state import promote as promoted_state
 from .common import (
     FallbackReader,
@@ -102,7 +102,7 @@ def promote(
             # Fence first and keep producers out, so the ends read next are
             # exactly what the mirror copied; open the topics only after that.
             for t in pairs:
-                topics_b.update_mirror(t.name, _transition(fence))
+                topics_b.update_mirror(t.name, lifted(fence))
         target = target_reader(target_dc, zk_b, options.target_timeout_s)
         readers.append(target)
         ends = settled_ends(
@@ -110,7 +110,7 @@ def promote(
         )
         if not options.dry_run:
             for t in pairs:
-                topics_b.update_mirror(t.name, _transition(lambda m: promoted_state(m, stamp)))
+                topics_b.update_mirror(t.name, lifted(lambda m: promoted_state(m, stamp)))
             if zk_a is not None:
                 demoted = _demote_source(zk_a, link, pairs, notes)
             else:
@@ -153,13 +153,6 @@ def promote(
             reader.close()
         close_zk(zk_a)
         close_zk(zk_b)
-
-
-def _transition(
-    step: Callable[[MirrorState], MirrorState],
-) -> Callable[[MirrorState | None], MirrorState | None]:
-    """A transition for TopicStore.update_mirror; a topic no longer a mirror stays so."""
-    return lambda current: None if current is None else step(current)
 
 
 def _demotion(

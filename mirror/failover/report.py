@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .plan import FailbackReport, RecoveryReport
+from .plan import FailbackReport, RecoveryReport, ResyncReport
 
 # ==== text output ==============================================================================
 
@@ -61,6 +61,23 @@ def format_failback(report: FailbackReport) -> str:
     return "\n".join(lines)
 
 
+def format_resync(report: ResyncReport) -> str:
+    head = "DRY RUN: would resync" if report.dry_run else "resynced"
+    lines = [
+        f"{head} {report.target_topic} (copy of {report.topic} through link {report.link})",
+        f"{'part':>4} {'old start':>9} {'old end':>8} {'restart at':>10} {'archived':>8}  groups",
+    ]
+    for p in report.partitions:
+        groups = ", ".join(f"{g}->{o}" for g, o in sorted(p.groups_clamped.items())) or "-"
+        lines.append(
+            f"{p.partition:>4} {p.target_start:>9} {p.target_end:>8} {_show(p.restart_at):>10} "
+            f"{p.archived:>8}  {groups}" + (f"  ({p.note})" if p.note else "")
+        )
+    lines.append(f"archive of the old copy: {report.archive_topic}")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
+
+
 def _show(value: int | None) -> str:
     return "?" if value is None else str(value)
 
@@ -69,5 +86,5 @@ def _seconds(ms: int | None) -> str:
     return "?" if ms is None else f"{ms / 1000:.3f}"
 
 
-def report_json(report: RecoveryReport | FailbackReport) -> str:
+def report_json(report: RecoveryReport | FailbackReport | ResyncReport) -> str:
     return json.dumps(report.to_dict(), indent=2, sort_keys=True)

@@ -39,7 +39,6 @@ from talos.storage.store import LogStore
 from topology import Datacenter
 
 from .common import BrokerReader, StoreLogReader
-from .plan import Divergence
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +95,11 @@ def archive_suffix(
     state: PartitionState,
     topic: str,
     partition: int,
-    divergence: Divergence,
+    start: int,
     archive: str,
     timeout: float,
 ) -> int:
-    """Produce A's ``[common, a_end)`` into the archive's same partition, records intact.
+    """Produce the DC's ``[start, end)`` into the archive's same partition, records intact.
 
     Resumable: a rerun skips as many records as the archive partition
     already holds (an idempotent producer lands them in order).
@@ -116,9 +115,9 @@ def archive_suffix(
     count = 0
     with Producer(a_dc.bootstrap, linger_ms=2.0, request_timeout_s=timeout) as producer:
         futures = []
-        for batch in a_reader.batches(topic, partition, divergence.common, state):
+        for batch in a_reader.batches(topic, partition, start, state):
             for record in decode_records(batch.data):
-                if record.offset < divergence.common:
+                if record.offset < start:
                     continue
                 count += 1
                 if skip > 0:

@@ -949,3 +949,19 @@ def test_failback_picks_the_right_one_of_two_segments_sharing_a_base_offset(
     finally:
         sealer.join()
         reader.close()
+
+
+def test_store_reader_reports_the_source_end_it_read_not_the_offset_asked_for(
+    part: Partition,
+) -> None:
+    part.cas(lambda s: s.with_owner("b1"))
+    part.cas(lambda s: s.with_new_segment(0, 1))
+    part.write(0, 1, rec_batch(0) + rec_batch(2))
+    reader = StoreReader(part.store, part.zk, part.cluster)
+    try:
+        # asked past the end (a target that holds more than this source): the end is 4
+        beyond = reader.read("t", 0, 10, 1 << 20)
+        assert (beyond.headers, beyond.source_end) == ((), 4)
+        assert reader.read("t", 0, 0, 1 << 20).source_end == 4
+    finally:
+        reader.close()

@@ -14,16 +14,19 @@ from mirror.failover import (
     SourceView,
     StoredBatch,
     archive_topic_name,
+    clamped_to,
     failback_refusal,
     failback_stamp,
     find_divergence,
     is_copy_of,
     plan_promotion,
     recovery_point,
+    resync_cut,
+    resync_refusal,
     source_demotion,
     truncated_state,
 )
-from mirror.state import MirrorState, Phase, fence
+from mirror.state import MirrorState, Phase, begin_resync, fence
 from mirror.state import promote as promote_state
 from talos.coord.partition_state import PartitionState, SegmentInfo
 from talos.errors import InvalidArgument
@@ -337,3 +340,29 @@ def test_failback_refusals() -> None:
     unmapped = failback_refusal(link=LINK, promotion=promotion, reverse=narrow, pairs=pairs)
     assert unmapped is not None and "does not map" in unmapped
     assert failback_refusal(link=LINK, promotion=promotion, reverse=REVERSE, pairs=pairs) is None
+
+
+# ---- resync -----------------------------------------------------------------------------------
+
+
+def test_resync_refuses_what_the_link_does_not_copy() -> None:
+    link = Link("A", "B", ("*",))
+    mine = MirrorState("A:B", "A", "t", 2)
+    assert resync_refusal(link, "t", mine) is None
+    assert resync_refusal(link, "t", begin_resync(mine)) is None  # a rerun continues
+    assert "not a mirror" in str(resync_refusal(link, "t", None))
+    assert "'u'" in str(resync_refusal(link, "t", MirrorState("A:B", "A", "u", 2)))
+    assert "promoted" in str(resync_refusal(link, "t", promote_state(mine, 1)))
+
+
+def test_resync_empties_the_partition_at_the_sources_log_start() -> None:
+    state = PartitionState(
+        epoch=4,
+        owner="failback",
+        segments=(SegmentInfo(0, 1, 6, 300), SegmentInfo(6, 2, 10, 200)),
+        version=9,
+    )
+    cut = resync_cut(state, 3)
+    assert (cut.segments, cut.log_start, cut.sealed_end, cut.owner) == ((), 3, 3, "")
+    assert resync_cut(state, 0).sealed_end == 0
+    assert clamped_to({"g1": 7, "g2": 2, "g3": 3}, 3) == {"g1": 3}

@@ -262,7 +262,7 @@ def test_totals_add_up_the_rows() -> None:
     totals = result.totals
     assert (totals.partitions, totals.lag_messages, totals.max_lag_ms) == (3, 30, 9_000)
     assert (totals.msgs_per_s, totals.bytes_per_s) == (15.0 + 20.0, 1500.0 + 2000.0)
-    assert totals.states == {"ok": 1, "lagging": 2, "stalled": 0, "error": 0}
+    assert totals.states == {"ok": 1, "lagging": 2, "stalled": 0, "error": 0, "diverged": 0}
     assert [r.partition for r in result.partitions] == [0, 1, 2]
 
 
@@ -324,3 +324,15 @@ def test_target_mirror_problem() -> None:
     assert "not a mirror" in target_mirror_problem(LINK, "orders", None)
     assert "C:B" in target_mirror_problem(LINK, "orders", replace(mine, link="C:B"))
     assert "promoted" in target_mirror_problem(LINK, "orders", promote(mine, 1))
+
+
+def test_a_diverged_partition_fails_the_check_and_names_topic_partition_and_offset() -> None:
+    # The source was recreated: its end (3) is below the target's (100), which status
+    # reports as the source end the worker actually read; the worker stopped appending.
+    message = "diverged at offset 100: the source ends at 3, below the target's end 100"
+    report = progress(source_end=3, state="diverged", error=message, updated_ms=NOW - 600_000)
+    result = status(part(source_end=3, progress=report))
+    row = result.partitions[0]
+    assert (row.topic, row.partition, row.state) == ("orders", 0, "diverged")
+    assert "offset 100" in row.detail
+    assert result.state == "diverged" and exit_code([result]) == 1
