@@ -648,8 +648,12 @@ class StoreReader:
         self.cluster = cluster
         self.states = PartitionStateStore(zk)
 
-    def _path(self, topic: str, partition: int, base: int, epoch: int) -> str:
-        return segment_path(self.cluster, topic, partition, base, epoch)
+    def _path(
+        self, topic: str, partition: int, state: PartitionState, base: int, epoch: int
+    ) -> str:
+        return segment_path(
+            self.cluster, topic, partition, base, epoch, incarnation=state.incarnation
+        )
 
     def _segments(
         self, topic: str, partition: int, state: PartitionState | None = None
@@ -658,7 +662,7 @@ class StoreReader:
         state = state or self.states.get(topic, partition)
         out: list[tuple[int, int, int, str]] = []
         for segment in state.segments:
-            path = self._path(topic, partition, segment.base_offset, segment.epoch)
+            path = self._path(topic, partition, state, segment.base_offset, segment.epoch)
             if segment.end_offset is not None:
                 out.append((segment.base_offset, segment.end_offset, segment.size or 0, path))
                 continue
@@ -1440,7 +1444,14 @@ def _take_over(
     previous = state.open_segment
     if previous is None:
         return state
-    path = segment_path(cluster, topic, partition, previous.base_offset, previous.epoch)
+    path = segment_path(
+        cluster,
+        topic,
+        partition,
+        previous.base_offset,
+        previous.epoch,
+        incarnation=state.incarnation,
+    )
     store.create_exclusive(fence_marker_path(path))
     if store.exists(path):
         scan = scan_segment(store, path, previous.base_offset)

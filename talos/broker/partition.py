@@ -27,13 +27,16 @@ from talos.clock import Clock
 from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.errors import (
+    CoordinationError,
     CorruptBatch,
+    Fenced,
     Gap,
     MirrorDiverged,
     NotOwner,
     OffsetOutOfRange,
     StorageError,
     TalosError,
+    UnknownTopic,
 )
 from talos.record.batch import (
     BatchHeader,
@@ -60,6 +63,7 @@ log = logging.getLogger(__name__)
 # How much of the log tail is read to rebuild idempotent-producer state.
 PRODUCER_STATE_TAIL_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
+RETIRE_ATTEMPTS = 20
 
 
 @dataclass
@@ -117,6 +121,7 @@ class PartitionLog:
         *,
         cluster: str,
         topic: str,
+        incarnation: str,
         partition: int,
         config: TopicConfig,
         broker_id: str,
@@ -129,6 +134,8 @@ class PartitionLog:
     ) -> None:
         self.cluster = cluster
         self.topic = topic
+        #: The topic incarnation this log belongs to: part of its identity and paths.
+        self.incarnation = incarnation
         self.partition = partition
         self.key = (topic, partition)
         self.config = config
@@ -243,6 +250,11 @@ class PartitionLog:
     def _take_over(self) -> None:
         states, topic, partition = self.states, self.topic, self.partition
         state = states.get(topic, partition)
+        if state.incarnation != self.incarnation:
+            raise self._not_owner(
+                f"topic incarnation is {state.incarnation}, this log belongs to "
+                f"{self.incarnation} (the topic was deleted and recreated)"
+            )
         state = states.compare_and_set(
             topic, partition, state.with_owner(self.broker_id), state.version
         )
@@ -325,13 +337,35 @@ class PartitionLog:
                 position += consumed
 
     def _open_segment(self, base_offset: int) -> None:
-        path = segment_path(self.cluster, self.topic, self.partition, base_offset, self.epoch)
+        """Create our registered segment, then confirm we still own the partition.
+
+        A topic delete that fenced the registered segment before its file
+        existed removes the marker with the topic's files; the confirmation
+        read sees the delete's epoch bump instead, so we never serve a file
+        nobody will fence.
+        """
+        path = self._path(SegmentInfo(base_offset, self.epoch))
         stream = self.store.open_append(path, create=True)
         self._open = OpenSegment(base_offset, path, self.clock.wall_ms(), stream)
+        now = self.states.get(self.topic, self.partition)
+        if (now.incarnation, now.epoch, now.owner) != (
+            self.incarnation,
+            self.epoch,
+            self.broker_id,
+        ):
+            raise self._not_owner(
+                f"partition moved to epoch {now.epoch} ({now.owner or 'no owner'}) "
+                "while our segment was being created"
+            )
 
     def _path(self, segment: SegmentInfo) -> str:
         return segment_path(
-            self.cluster, self.topic, self.partition, segment.base_offset, segment.epoch
+            self.cluster,
+            self.topic,
+            self.partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=self.incarnation,
         )
 
     def _append_all(self, group: list[PendingAppend]) -> None:
@@ -372,6 +406,8 @@ class PartitionLog:
         segment.stream.flush(Durability(self.config.durability))
         if self.store.exists(fence_marker_path(segment.path)):
             raise self._not_owner(f"segment {segment.path} was fenced by a newer owner")
+        if not self.store.exists(segment.path):  # the topic was deleted (markers and all)
+            raise self._not_owner(f"segment {segment.path} was deleted with its topic")
 
     def _mirror_append(self, pending: PendingAppend) -> None:
         headers = pending.mirror_headers
@@ -638,6 +674,50 @@ class PartitionLog:
             "log_end": self._committed.log_end,
             "segments": len(self._sealed) + (1 if self._open else 0),
         }
+
+
+def retire_partition(
+    states: PartitionStateStore,
+    store: LogStore,
+    cluster: str,
+    topic: str,
+    incarnation: str,
+    partition: int,
+) -> None:
+    """Fence a partition of a topic being deleted, as a takeover would (DESIGN §4).
+
+    The epoch moves to nobody first, so the owner's next compare-and-set
+    fails; then its open segment gets its ``.fenced`` marker, so an owner
+    paused through the delete acknowledges nothing more on resuming. Deleting
+    the files afterwards removes the marker, so the ack check also refuses a
+    segment file that no longer exists.
+    """
+    for _ in range(RETIRE_ATTEMPTS):
+        try:
+            state = states.get(topic, partition)
+            if state.incarnation != incarnation:
+                return  # that incarnation is gone already
+            state = states.compare_and_set(topic, partition, state.retired(), state.version)
+            break
+        except Fenced:
+            continue  # the owner rolled meanwhile: retire what it registered
+        except UnknownTopic:
+            return
+    else:
+        raise CoordinationError(
+            f"deleting {topic}/{partition}: its owner kept moving it; retry the delete"
+        )
+    segment = state.open_segment
+    if segment is not None:
+        path = segment_path(
+            cluster,
+            topic,
+            partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=state.incarnation,
+        )
+        store.create_exclusive(fence_marker_path(path))
 
 
 def _identity(header: BatchHeader) -> BatchIdentity:

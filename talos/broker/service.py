@@ -305,9 +305,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         cfg.validate_topic_name(request.name, "name")
-        await self._coord(lambda: self.broker.topics.delete(request.name))
+        await self._coord(lambda: self.broker.delete_topic(request.name))
         await self.broker.topic_cache.refresh_async(request.name)
-        await self._coord(lambda: self.broker.delete_topic_data(request.name))
         return pb.AdminResponse()
 
     @replies_with_error(pb.ListTopicsResponse)

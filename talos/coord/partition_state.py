@@ -19,7 +19,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from talos.config import validate_topic_name
 from talos.coord import paths
-from talos.coord.zk import dumps, loads, zk_errors
+from talos.coord.zk import dumps, loads, txn_failure, zk_errors
 from talos.errors import CoordinationError, Fenced, InvalidArgument, UnknownTopic
 
 
@@ -65,11 +65,16 @@ class PartitionState:
     segments: tuple[SegmentInfo, ...] = ()
     #: The znode version this state was read at; not serialized. -1: never stored.
     version: int = -1
+    #: Offsets below it were removed by retention; readers below it get OFFSET_OUT_OF_RANGE.
     log_start: int = 0
+    #: The topic incarnation this partition belongs to (a name is not an identity);
+    #: every compare-and-set checks it, see :meth:`PartitionStateStore.compare_and_set`.
+    incarnation: str = ""
 
     def to_json(self) -> bytes:
         return dumps(
             {
+                "incarnation": self.incarnation,
                 "epoch": self.epoch,
                 "owner": self.owner,
                 "log_start": self.log_start,
@@ -86,10 +91,14 @@ class PartitionState:
                 owner=str(raw["owner"]),
                 segments=tuple(SegmentInfo.from_dict(s) for s in raw["segments"]),
                 version=version,
-                log_start=int(raw.get("log_start", 0)),
+                log_start=int(raw["log_start"]),
+                incarnation=str(raw["incarnation"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CoordinationError(f"partition state: malformed ({exc!r})") from None
+            raise CoordinationError(
+                f"partition state: malformed ({exc!r}); a topic created before incarnations "
+                "must be recreated"
+            ) from None
 
     @property
     def open_segment(self) -> SegmentInfo | None:
@@ -115,6 +124,14 @@ class PartitionState:
         if not isinstance(owner, str) or not owner:
             raise InvalidArgument(f"owner: must be a non-empty broker id, got {owner!r}")
         return dataclasses.replace(self, epoch=self.epoch + 1, owner=owner)
+
+    def retired(self) -> PartitionState:
+        """The next epoch belongs to nobody: a topic being deleted fences its owner.
+
+        Any later compare-and-set by the old owner (a roll, a takeover's
+        registration) fails on the version, like after a takeover.
+        """
+        return dataclasses.replace(self, epoch=self.epoch + 1, owner="")
 
     def with_sealed(self, base_offset: int, end_offset: int, size: int) -> PartitionState:
         """Record a segment's sealed end; an already sealed segment keeps its first end."""
@@ -262,18 +279,31 @@ class PartitionStateStore:
         path = self._path(topic, partition)
         if isinstance(expected_version, bool) or not isinstance(expected_version, int):
             raise InvalidArgument(f"expected_version: must be an integer, got {expected_version!r}")
+        paths.validate_name(new.incarnation, "incarnation")
+        txn = self._zk.transaction()
+        txn.set_data(path, new.to_json(), version=expected_version)
+        # The version alone is not an identity: a deleted and recreated topic's
+        # znode reaches the same versions again. The incarnation znode is.
+        txn.check(paths.incarnation(topic, new.incarnation), 0)
         with zk_errors(f"writing partition state of {topic}/{partition}"):
-            try:
-                stat = self._zk.set(path, new.to_json(), version=expected_version)
-            except BadVersionError:
-                raise Fenced(
-                    f"partition {topic}/{partition} was moved by someone else "
-                    f"(expected state version {expected_version})"
-                ) from None
-            except NoNodeError:
-                raise UnknownTopic(
-                    f"topic {topic!r} partition {partition} does not exist"
-                ) from None
+            results = txn.commit()
+        set_result, check_result = results[0], results[1]
+        if isinstance(set_result, BadVersionError):
+            raise Fenced(
+                f"partition {topic}/{partition} was moved by someone else "
+                f"(expected state version {expected_version})"
+            )
+        if isinstance(set_result, NoNodeError):
+            raise UnknownTopic(f"topic {topic!r} partition {partition} does not exist")
+        if isinstance(check_result, NoNodeError):
+            raise Fenced(
+                f"partition {topic}/{partition}: incarnation {new.incarnation} of topic "
+                f"{topic!r} no longer exists (the topic was deleted and recreated)"
+            )
+        failure = txn_failure(results)
+        if failure is not None:
+            raise CoordinationError(f"writing partition state of {topic}/{partition}: {failure!r}")
+        stat = set_result
         return dataclasses.replace(new, version=stat.version)
 
     def watch(

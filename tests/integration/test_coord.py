@@ -580,3 +580,43 @@ def test_leader_whose_session_expires_steps_down_and_rejoins(
     for _ in range(10):
         assert (ctrl_a.is_leader, ctrl_b.is_leader) == (False, True)
         time.sleep(0.05)
+
+
+def test_a_recreated_topic_is_a_new_incarnation_and_stale_cas_fails(zk: KazooClient) -> None:
+    """Issue 11 §1: a recreated partition znode reaches the same version again;
+    a compare-and-set meant for the deleted incarnation must still fail."""
+    topics, states = TopicStore(zk), PartitionStateStore(zk)
+    first = topics.create("again", 1, TopicConfig(), now_ms=1)
+    stale = states.get("again", 0)
+    assert stale.incarnation == first.incarnation != ""
+    topics.delete("again")
+    second = topics.create("again", 1, TopicConfig(), now_ms=2)
+    assert second.incarnation != first.incarnation
+    assert topics.get("again").incarnation == second.incarnation
+    fresh = states.get("again", 0)
+    assert (fresh.version, fresh.incarnation) == (stale.version, second.incarnation)
+    with pytest.raises(Fenced, match="incarnation"):
+        states.compare_and_set("again", 0, stale.with_owner("zombie"), stale.version)
+    assert states.get("again", 0) == fresh  # nothing written
+    # deleting by the old incarnation leaves the new one alone
+    with pytest.raises(UnknownTopic, match="incarnation"):
+        topics.delete("again", first.incarnation)
+    assert topics.get("again") == second
+
+
+def test_deleting_a_topic_removes_its_group_offsets(zk: KazooClient) -> None:
+    topics, groups = TopicStore(zk), GroupStore(zk)
+    topics.create("gone", 2, TopicConfig(), now_ms=1)
+    topics.create("kept", 1, TopicConfig(), now_ms=1)
+    groups.commit("g1", "", -1, {("gone", 0): 5, ("gone", 1): 7, ("kept", 0): 3})
+    groups.commit("g2", "", -1, {("gone", 1): 9})
+    topics.delete("gone")
+    topics.create("gone", 2, TopicConfig(), now_ms=2)
+    assert groups.fetch("g1", [("gone", 0), ("gone", 1), ("kept", 0)]) == {
+        ("gone", 0): -1,
+        ("gone", 1): -1,
+        ("kept", 0): 3,
+    }
+    assert groups.fetch("g2", [("gone", 1)]) == {("gone", 1): -1}
+    groups.commit("g1", "", -1, {("gone", 0): 1})  # the cache of known znodes recovers
+    assert groups.fetch("g1", [("gone", 0)]) == {("gone", 0): 1}
