@@ -604,7 +604,12 @@ class PartitionLog:
             index = bisect.bisect_right(segment.offsets, offset, 0, count) - 1
             position = segment.positions[max(index, 0)]
             return read_batches(self.store, segment.path, position, max_bytes, committed.open_size)
-        for sealed_segment in sealed:
+        # The last segment starting at or before offset (an empty fenced segment shares
+        # its base with its successor, which comes after it); a bisect, not a walk:
+        # a partition may hold tens of thousands of segments.
+        at = bisect.bisect_right(sealed, offset, key=lambda s: s.base_offset) - 1
+        if at >= 0:
+            sealed_segment = sealed[at]
             if sealed_segment.base_offset <= offset < sealed_segment.end_offset:
                 entries = sealed_segment.entries(self.store)
                 i = bisect.bisect_right(entries, offset, key=lambda e: e.offset)

@@ -65,13 +65,10 @@ def partition(topic_name: str, partition_id: int) -> str:
     return f"{TOPICS}/{topic_name}/partitions/{partition_id}"
 
 
-def partition_chunks(topic_name: str, partition_id: int) -> str:
-    """Immutable chunks of a partition's older sealed segments (issue 12 §3)."""
-    return f"{TOPICS}/{topic_name}/partitions/{partition_id}/chunks"
-
-
 def partition_chunk(topic_name: str, partition_id: int, chunk: str) -> str:
-    return f"{TOPICS}/{topic_name}/partitions/{partition_id}/chunks/{chunk}"
+    """An immutable chunk of a partition's older sealed segments (issue 12 §3): a child
+    of the partition-state znode, which lists its chunks."""
+    return f"{partition(topic_name, partition_id)}/{chunk}"
 
 
 def group(name: str) -> str:

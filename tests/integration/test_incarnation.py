@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.testing.cluster import LocalCluster
-from talos.testing.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +23,8 @@ SESSION_TIMEOUT = 15.0
 
 
 @pytest.fixture
-def slow_sessions(
-    zk_server: ZooKeeperServer, cluster_name: str, tmp_path: Path
-) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(
-        brokers=2,
-        data_dir=str(tmp_path / "cluster"),
-        cluster=cluster_name,
-        session_timeout=SESSION_TIMEOUT,
-        zookeeper=zk_server,
-    )
-    with cluster:
-        yield cluster
+def slow_sessions(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    return make_cluster(brokers=2, session_timeout=SESSION_TIMEOUT)
 
 
 def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
