@@ -19,12 +19,12 @@ import bisect
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from talos.clock import Clock
-from talos.config import TopicConfig
+from talos.config import UNLIMITED, TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.errors import (
     CoordinationError,
@@ -48,8 +48,10 @@ from talos.record.batch import (
 from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
+    partition_dir,
     read_batches,
     scan_segment,
+    segment_of_file,
     segment_path,
     should_roll,
 )
@@ -84,6 +86,13 @@ class SealedSegment:
     size: int
     path: str
     _entries: list[seg_index.IndexEntry] | None = None
+    epoch: int = 0
+    max_timestamp: int = -1  # -1: not recorded; read from the time index when needed
+
+    def newest_timestamp(self, store: LogStore) -> int:
+        if self.max_timestamp < 0 and self.size > 0:
+            self.max_timestamp = max((e.max_timestamp for e in self.entries(store)), default=-1)
+        return self.max_timestamp
 
     def entries(self, store: LogStore) -> list[seg_index.IndexEntry]:
         if self._entries is None:
@@ -105,6 +114,7 @@ class OpenSegment:
     offsets: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     max_timestamps: list[int] = field(default_factory=list)
+    max_timestamp: int = -1  # the newest record timestamp written so far
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,7 @@ class PartitionLog:
         self._pending: list[PendingAppend] = []
         self._scheduled = False
         self._release_requested = False
+        self._retention_requested = False
         self._waiters: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()  # set (on the loop) once serving or given up
 
@@ -166,6 +177,12 @@ class PartitionLog:
     def start(self) -> None:
         self.executor.pin(self.key)
         self._schedule()
+
+    def enforce_retention(self) -> None:
+        """Ask the worker to delete what the topic's retention no longer keeps."""
+        if self.status == "serving":
+            self._retention_requested = True
+            self._schedule()
 
     def release(self) -> None:
         """Stop serving (the assignment moved); the next owner fences our segment."""
@@ -229,6 +246,9 @@ class PartitionLog:
                 self._give_up("released", "partition was reassigned")
             if self.status == "serving" and group:
                 self._append_all(group)
+            if self.status == "serving" and self._retention_requested:
+                self._retention_requested = False
+                self._apply_retention()
         except TalosError as exc:
             self._give_up("fenced" if isinstance(exc, NotOwner) else "failed", str(exc))
             self._finish(group, exc)
@@ -265,9 +285,17 @@ class PartitionLog:
         log_end = state.sealed_end
         self.log_start = state.log_start
         self._sealed = tuple(
-            SealedSegment(s.base_offset, s.end_offset or s.base_offset, s.size or 0, self._path(s))
+            SealedSegment(
+                s.base_offset,
+                s.end_offset or s.base_offset,
+                s.size or 0,
+                self._path(s),
+                epoch=s.epoch,
+                max_timestamp=s.max_timestamp,
+            )
             for s in state.segments
         )
+        self._remove_dead_files(state)  # a crash between retention's CAS and its deletes
         self._rebuild_producer_state()
         state = states.compare_and_set(
             topic, partition, state.with_new_segment(log_end, self.epoch), state.version
@@ -296,7 +324,9 @@ class PartitionLog:
             scan = None
         end = scan.next_offset if scan else previous.base_offset
         size = scan.valid_bytes if scan else 0
-        sealed = state.with_sealed(previous.base_offset, end, size)
+        sealed = state.with_sealed(
+            previous.base_offset, end, size, scan.max_timestamp if scan else -1
+        )
         if sealed is not state:
             state = self.states.compare_and_set(self.topic, self.partition, sealed, state.version)
         if scan is not None and scan.entries:
@@ -442,6 +472,7 @@ class PartitionLog:
                 segment.offsets.append(header.base_offset)
                 segment.positions.append(position)
                 segment.max_timestamps.append(header.max_timestamp)
+                segment.max_timestamp = max(segment.max_timestamp, header.max_timestamp)
                 self._producers.record(_identity(header), header.base_offset)
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
@@ -517,6 +548,7 @@ class PartitionLog:
             segment.offsets.extend(new_offsets)
             segment.positions.extend(new_positions)
             segment.max_timestamps.extend(new_timestamps)
+            segment.max_timestamp = max(segment.max_timestamp, *new_timestamps)
             self._committed = Committed(next_offset, committed.open_size + len(buffer))
         self._resolve(results)
 
@@ -525,7 +557,7 @@ class PartitionLog:
         segment, state, committed = self._open, self._state, self._committed
         assert segment is not None and state is not None
         new_state = state.with_sealed(
-            segment.base_offset, committed.log_end, committed.open_size
+            segment.base_offset, committed.log_end, committed.open_size, segment.max_timestamp
         ).with_new_segment(committed.log_end, self.epoch)
         try:
             self._state = self.states.compare_and_set(
@@ -540,11 +572,68 @@ class PartitionLog:
         except StorageError as exc:
             log.warning("could not write indexes for %s: %s", segment.path, exc)
         sealed = SealedSegment(
-            segment.base_offset, committed.log_end, committed.open_size, segment.path, entries
+            segment.base_offset,
+            committed.log_end,
+            committed.open_size,
+            segment.path,
+            entries,
+            epoch=self.epoch,
+            max_timestamp=segment.max_timestamp,
         )
         self._open_segment(committed.log_end)
         self._sealed = (*self._sealed, sealed)
         self._committed = Committed(committed.log_end, 0)
+
+    def _apply_retention(self) -> None:
+        """Retention (issue 12 §1): CAS the new log start first, then delete the files.
+
+        A crash in between leaves only orphan files below the log start, which the
+        next owner removes at takeover; no reader is served below the new start.
+        """
+        state, sealed = self._state, self._sealed
+        assert state is not None
+        cut = retention_cut(
+            sealed,
+            self._committed.open_size,
+            self.clock.wall_ms(),
+            self.config.retention_ms,
+            self.config.retention_bytes,
+            lambda segment: segment.newest_timestamp(self.store),
+        )
+        if cut is None or cut <= self.log_start:
+            return
+        try:
+            self._state = self.states.compare_and_set(
+                self.topic, self.partition, state.with_log_start(cut), state.version
+            )
+        except TalosError as exc:
+            raise self._not_owner(f"retention refused: {exc}") from exc
+        self.log_start = cut
+        self._sealed = tuple(s for s in sealed if not (s.base_offset < cut and s.end_offset <= cut))
+        log.info("%s/%d: retention moved the log start to %d", self.topic, self.partition, cut)
+        self._remove_dead_files(self._state)
+
+    def _remove_dead_files(self, state: PartitionState) -> None:
+        """Delete the files of segments below the log start that the state no longer lists
+        (retention's deletes, or their orphans after a crash). Failures are left for the
+        next run: the state no longer refers to these files."""
+        live = {(s.base_offset, s.epoch) for s in state.segments}
+        directory = partition_dir(
+            self.cluster, self.topic, self.partition, incarnation=self.incarnation
+        )
+        try:
+            names = self.store.list_dir(directory)
+        except StorageError as exc:
+            log.warning("listing %s for retention failed: %s", directory, exc)
+            return
+        for name in names:
+            owner = segment_of_file(name)
+            if owner is None or owner[0] >= state.log_start or owner in live:
+                continue
+            try:
+                self.store.delete(f"{directory}/{name}")
+            except StorageError as exc:
+                log.warning("deleting %s/%s failed: %s", directory, name, exc)
 
     def _give_up(self, status: str, why: str) -> None:
         if self.status in ("fenced", "released", "failed"):
@@ -592,7 +681,14 @@ class PartitionLog:
         committed, sealed, segment = self._committed, self._sealed, self._open
         if offset == committed.log_end:
             return b""
-        if offset < self.log_start or offset > committed.log_end:
+        if offset < self.log_start:
+            raise OffsetOutOfRange(
+                f"offset: {offset} is below the log start {self.log_start} of "
+                f"{self.topic}/{self.partition} (removed by retention)",
+                log_start=self.log_start,
+                log_end=committed.log_end,
+            )
+        if offset > committed.log_end:
             raise OffsetOutOfRange(
                 f"offset: {offset} is outside {self.topic}/{self.partition} "
                 f"[{self.log_start}, {committed.log_end}]",
@@ -679,6 +775,37 @@ class PartitionLog:
             "log_end": self._committed.log_end,
             "segments": len(self._sealed) + (1 if self._open else 0),
         }
+
+
+def retention_cut(
+    sealed: Sequence[SealedSegment],
+    open_size: int,
+    now_ms: int,
+    retention_ms: int,
+    retention_bytes: int,
+    newest_timestamp: Callable[[SealedSegment], int],
+) -> int | None:
+    """The new log start retention asks for (the end of the last sealed segment to
+    delete, oldest first), or None to delete nothing.
+
+    A segment goes when its newest record is more than ``retention_ms`` old, or
+    while the partition (sealed sizes plus the open segment) exceeds
+    ``retention_bytes`` (UNLIMITED: never). The walk stops at the first segment
+    that stays, so the log keeps no holes; the open segment always stays.
+    """
+    total = sum(segment.size for segment in sealed) + open_size
+    cut: int | None = None
+    for segment in sealed:
+        if segment.size == 0:
+            continue  # an empty fenced segment: goes with the next one that goes
+        too_big = retention_bytes != UNLIMITED and total > retention_bytes
+        if not too_big:
+            newest = newest_timestamp(segment)
+            if newest < 0 or now_ms - newest <= retention_ms:
+                break
+        cut = segment.end_offset
+        total -= segment.size
+    return cut
 
 
 def retire_partition(

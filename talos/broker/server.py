@@ -40,6 +40,9 @@ from .service import BrokerService, topic_config_to_proto
 log = logging.getLogger(__name__)
 
 RETAKE_DELAY_S = 1.0
+#: How often each served partition checks its retention (cheap: in-memory sizes and
+#: timestamps until the first segment that stays).
+RETENTION_CHECK_S = 1.0
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -196,6 +199,7 @@ class Broker:
             clock=self.clock,
         )
         self.controller.start()
+        self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
         log.info("broker %s serving on %s", self.broker_id, self.address)
 
     async def serve_until_stopped(self) -> None:
@@ -256,6 +260,8 @@ class Broker:
             # Not ours any more, or a log of a deleted incarnation of the topic: drop it.
             plog = self.logs.pop(key)
             plog.release()
+        for key, plog in self.logs.items():
+            plog.config = topics[key[0]].config  # an altered retention applies at once
         for key in mine - set(self.logs):
             meta = topics[key[0]]
             plog = PartitionLog(
@@ -274,6 +280,13 @@ class Broker:
             )
             self.logs[key] = plog
             plog.start()
+
+    def _retention_tick(self) -> None:
+        if self._stopped.is_set() or self._loop is None or self._loop.is_closed():
+            return
+        for plog in list(self.logs.values()):
+            plog.enforce_retention()
+        self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
 
     def _on_lost(self, plog: PartitionLog, why: str) -> None:
         if self.logs.get(plog.key) is plog:

@@ -49,6 +49,8 @@ class SegmentInfo:
     epoch: int
     end_offset: int | None = None
     size: int | None = None
+    #: The newest record timestamp of a sealed segment (time retention); -1: not known.
+    max_timestamp: int = -1
 
     @property
     def sealed(self) -> bool:
@@ -64,6 +66,7 @@ class SegmentInfo:
             epoch=int(data["epoch"]),
             end_offset=None if data.get("end_offset") is None else int(data["end_offset"]),
             size=None if data.get("size") is None else int(data["size"]),
+            max_timestamp=int(data.get("max_timestamp", -1)),
         )
 
 
@@ -278,7 +281,9 @@ class PartitionState:
             segments=tuple(s for s in self.segments if not below_log_start(s, log_start)),
         )
 
-    def with_sealed(self, base_offset: int, end_offset: int, size: int) -> PartitionState:
+    def with_sealed(
+        self, base_offset: int, end_offset: int, size: int, max_timestamp: int = -1
+    ) -> PartitionState:
         """Record a segment's sealed end; an already sealed segment keeps its first end."""
         _check_nonneg(base_offset, "base_offset")
         _check_nonneg(end_offset, "end_offset")
@@ -305,7 +310,9 @@ class PartitionState:
             raise InvalidArgument(
                 f"end_offset: must be >= base_offset {base_offset}, got {end_offset}"
             )
-        sealed = dataclasses.replace(segment, end_offset=end_offset, size=size)
+        sealed = dataclasses.replace(
+            segment, end_offset=end_offset, size=size, max_timestamp=max_timestamp
+        )
         return dataclasses.replace(
             self, segments=(*self.segments[:index], sealed, *self.segments[index + 1 :])
         )

@@ -111,7 +111,7 @@ class TopicStore:
         validate_partition_count(partitions)
         if not isinstance(config, TopicConfig):
             raise InvalidArgument(f"config: must be a TopicConfig, got {type(config).__name__}")
-        config.validated()
+        config = config.validated().for_topic(name)
         if isinstance(now_ms, bool) or not isinstance(now_ms, int) or now_ms < 0:
             raise InvalidArgument(f"now_ms: must be an integer >= 0, got {now_ms!r}")
         meta = TopicMeta(name, partitions, config, now_ms, _check_mirror(mirror), new_incarnation())
@@ -231,6 +231,18 @@ class TopicStore:
             if self._commit_update(name, grown, version, range(meta.partitions, new_count)):
                 return grown
         raise CoordinationError(f"adding partitions to {name!r}: too much contention, retry")
+
+    def alter_retention(
+        self, name: str, retention_ms: int | None = None, retention_bytes: int | None = None
+    ) -> TopicMeta:
+        """Change the topic's retention (None: unchanged); bad values change nothing."""
+        for _ in range(_CAS_ATTEMPTS):
+            meta, version = self._read(name)
+            config = meta.config.with_retention(retention_ms, retention_bytes)
+            updated = dataclasses.replace(meta, config=config)
+            if self._commit_update(name, updated, version, range(0)):
+                return updated
+        raise CoordinationError(f"altering the config of {name!r}: too much contention, retry")
 
     def set_mirror(self, name: str, mirror: Mapping[str, Any] | None) -> TopicMeta:
         """Replace the topic's mirror settings (None: an ordinary, writable topic)."""

@@ -45,6 +45,7 @@ __all__ = [
     "read_batches",
     "scan_segment",
     "segment_name",
+    "segment_of_file",
     "segment_path",
     "should_roll",
     "time_index_path",
@@ -88,6 +89,16 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
     if base > MAX_OFFSET or epoch > MAX_OFFSET or segment_name(base, epoch) != name:
         return None  # out of range, or a non-canonical epoch such as "007"
     return base, epoch
+
+
+_SEGMENT_FILE = re.compile(r"^(\d{20})\.(\d+)\.")
+
+
+def segment_of_file(name: str) -> tuple[int, int] | None:
+    """(base_offset, epoch) of a segment's file or one of its siblings (``.log``,
+    ``.index``, ``.timeindex``, ``.log.fenced``); None for any other name."""
+    m = _SEGMENT_FILE.match(name)
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
 def segment_path(

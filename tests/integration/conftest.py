@@ -41,13 +41,16 @@ def make_cluster(
     with other settings; stopped after the test."""
     made: list[LocalCluster] = []
 
-    def make(brokers: int = 2, session_timeout: float = 3.0) -> LocalCluster:
+    def make(
+        brokers: int = 2, session_timeout: float = 3.0, clock_offset_file: str = ""
+    ) -> LocalCluster:
         local = LocalCluster(
             brokers=brokers,
             data_dir=str(tmp_path / f"cluster-{len(made)}"),
             cluster=cluster_name if not made else f"{cluster_name}-{len(made)}",
             session_timeout=session_timeout,
             zookeeper=zk_server,
+            clock_offset_file=clock_offset_file,
         )
         made.append(local)
         local.start()
