@@ -296,6 +296,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     from talos.client import Consumer, TopicPartition
 
+    # Say on stderr when a position is reset (e.g. retention removed it), whatever the log level.
+    resets = logging.getLogger("talos.client.consumer")
+    notice = logging.StreamHandler(sys.stderr)
+    notice.setFormatter(logging.Formatter("talos consume: %(message)s"))
+    notice.setLevel(logging.WARNING)
+    resets.addHandler(notice)
+    resets.setLevel(logging.WARNING)
+    resets.propagate = False
     consumer = Consumer(
         resolve_bootstrap(args.bootstrap),
         group_id=args.group,

@@ -83,6 +83,28 @@ ARCHIVE_RETENTION_MS = 30 * DAY_MS
 ARCHIVE_MARKER = ".diverged."
 
 
+MAX_RETENTION_MS = 2**53
+
+
+def validate_retention(retention_ms: object, retention_bytes: object) -> None:
+    """The checks that need no other setting (the client makes them too); None: unchanged."""
+    if retention_ms is not None and (
+        isinstance(retention_ms, bool) or not isinstance(retention_ms, int) or retention_ms <= 0
+    ):
+        raise InvalidArgument(
+            f"retention_ms: must be a positive integer (milliseconds), got {retention_ms!r}"
+        )
+    if retention_bytes is not None and (
+        isinstance(retention_bytes, bool)
+        or not isinstance(retention_bytes, int)
+        or not (retention_bytes == UNLIMITED or 1 <= retention_bytes <= 2**62)
+    ):
+        raise InvalidArgument(
+            f"retention_bytes: must be a positive integer (bytes, at most {2**62}) or "
+            f"{UNLIMITED} for unlimited, got {retention_bytes!r}"
+        )
+
+
 @dataclass(frozen=True)
 class TopicConfig:
     """Per-topic settings, stored with the topic in ZooKeeper."""
@@ -105,22 +127,11 @@ class TopicConfig:
             )
         _validate_int(self.segment_bytes, "segment_bytes", 4096, 2**40)
         _validate_int(self.segment_ms, "segment_ms", 1000, 2**40)
-        if isinstance(self.retention_ms, bool) or not isinstance(self.retention_ms, int):
-            raise InvalidArgument(f"retention_ms: must be an integer, got {self.retention_ms!r}")
-        if not self.segment_ms <= self.retention_ms <= 2**53:
+        validate_retention(self.retention_ms, self.retention_bytes)
+        if not self.segment_ms <= self.retention_ms <= MAX_RETENTION_MS:
             raise InvalidArgument(
                 f"retention_ms: must be at least segment_ms ({self.segment_ms}) and at most "
-                f"{2**53}, got {self.retention_ms}"
-            )
-        retention_bytes = self.retention_bytes
-        if (
-            isinstance(retention_bytes, bool)
-            or not isinstance(retention_bytes, int)
-            or not (retention_bytes == UNLIMITED or 1 <= retention_bytes <= 2**62)
-        ):
-            raise InvalidArgument(
-                f"retention_bytes: must be a positive number of bytes (at most {2**62}) or "
-                f"{UNLIMITED} for unlimited, got {retention_bytes!r}"
+                f"{MAX_RETENTION_MS}, got {self.retention_ms}"
             )
         return self
 

@@ -9,6 +9,7 @@ from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import (
     TopicConfig,
     validate_partition_count,
+    validate_retention,
     validate_topic_name,
 )
 from talos.errors import InvalidArgument, TalosError, TalosTimeout
@@ -92,14 +93,7 @@ class Admin:
         validate_topic_name(name, "name")
         if partitions is not None:
             validate_partition_count(partitions)
-        for param, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value == 0
-            ):
-                raise InvalidArgument(
-                    f"{param}: must be a positive integer (or -1 for unlimited bytes), "
-                    f"got {value!r}"
-                )
+        validate_retention(retention_ms, retention_bytes)
         if partitions is None and retention_ms is None and retention_bytes is None:
             raise InvalidArgument("alter_topic: give partitions, retention_ms or retention_bytes")
         self._admin(

@@ -49,14 +49,14 @@ def test_retention_settings() -> None:
     assert TopicConfig().retention_bytes == UNLIMITED
     config = TopicConfig(segment_ms=60_000)
     assert config.with_retention(60_000, 4096).retention_bytes == 4096
-    for bad_ms in (0, -5, 59_999):
-        with pytest.raises(InvalidArgument, match=r"^retention_ms: .*segment_ms \(60000\)"):
-            config.with_retention(retention_ms=bad_ms)
-    for bad_bytes in (0, -5, -2):
+    with pytest.raises(InvalidArgument, match=r"^retention_ms: .*segment_ms \(60000\)"):
+        config.with_retention(retention_ms=59_999)
+    for bad_ms in (0, -5, "7d", True):
+        with pytest.raises(InvalidArgument, match=r"^retention_ms: must be a positive integer"):
+            config.with_retention(retention_ms=bad_ms)  # type: ignore[arg-type]
+    for bad_bytes in (0, -5, -2, "1G"):
         with pytest.raises(InvalidArgument, match=r"^retention_bytes: must be a positive"):
-            config.with_retention(retention_bytes=bad_bytes)
-    with pytest.raises(InvalidArgument, match="retention_ms: must be an integer"):
-        config.with_retention(retention_ms="7d")  # type: ignore[arg-type]
+            config.with_retention(retention_bytes=bad_bytes)  # type: ignore[arg-type]
 
 
 def test_diverged_archives_keep_thirty_days_by_default() -> None:
