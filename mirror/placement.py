@@ -41,6 +41,8 @@ class TopicPlan:
     partitions: int = 0
     epoch: int = 0
     reason: str = ""
+    #: Not "": the target holds a copy of another incarnation of the source topic.
+    diverged: str = ""
 
 
 def check_link(link: Link) -> None:
@@ -56,7 +58,7 @@ def check_link(link: Link) -> None:
 def mirror_descriptor(
     link: Link, source_topic: str, source_incarnation: str | None = None
 ) -> MirrorState:
-    """The mirror state of a target topic created by ``link``."""
+    """The mirror state of a target topic created by ``link`` (from that source incarnation)."""
     return new_mirror(link.name, link.source, source_topic, source_incarnation)
 
 
@@ -89,8 +91,20 @@ def plan_topic(link: Link, source: TopicMeta, target: TopicMeta | None) -> Topic
         )
     if target.partitions < source.partitions:
         return TopicPlan(name, target_name, "grow", source.partitions, mirror.epoch)
+    diverged = ""
+    recorded = mirror.source_incarnation
+    if recorded is not None and source.incarnation and recorded != source.incarnation:
+        diverged = (
+            f"the source topic was recreated (incarnation {source.incarnation}; this copy holds "
+            f"incarnation {recorded})"
+        )
     return TopicPlan(
-        name, target_name, "ready", min(source.partitions, target.partitions), mirror.epoch
+        name,
+        target_name,
+        "ready",
+        min(source.partitions, target.partitions),
+        mirror.epoch,
+        diverged=diverged,
     )
 
 

@@ -238,8 +238,15 @@ class StoreReader:
         for topic, partition in keys:
             self.forget(topic, partition)
 
-    def _path(self, topic: str, partition: int, segment: SegmentInfo) -> str:
-        return segment_path(self.cluster, topic, partition, segment.base_offset, segment.epoch)
+    def _path(self, topic: str, partition: int, state: PartitionState, segment: SegmentInfo) -> str:
+        return segment_path(
+            self.cluster,
+            topic,
+            partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=state.incarnation,
+        )
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -274,7 +281,7 @@ class StoreReader:
             known = max(view.known_end, state.sealed_end)
             if segment is None:
                 return ReadResult(source_end=known, caught_up=True)
-            path = self._path(topic, partition, segment)
+            path = self._path(topic, partition, state, segment)
             if segment.sealed:
                 return self._read_sealed(view, segment, path, offset, max_bytes, known)
             result, moved = self._read_open(

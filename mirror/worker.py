@@ -320,6 +320,11 @@ def write_json(zk: KazooClient, path: str, data: Mapping[str, Any]) -> None:
                 zk.set(path, payload)
 
 
+def plan_signature(plan: TopicPlan) -> tuple[str, str, int, str, str]:
+    """A partition task runs while its topic's plan keeps this; a change restarts it."""
+    return (plan.target_topic, plan.action, plan.epoch, plan.reason, plan.diverged)
+
+
 class PartitionTask:
     """Copies one partition on its own thread until stopped."""
 
@@ -328,7 +333,7 @@ class PartitionTask:
         self.plan = plan
         self.partition = partition
         self.key: Partition = (plan.source_topic, partition)
-        self.signature = (plan.target_topic, plan.action, plan.epoch, plan.reason)
+        self.signature = plan_signature(plan)
         self.progress = Progress(ctx.worker_id, ctx.clock, ctx.options)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -427,7 +432,7 @@ class PartitionTask:
                 if target_end is None or ctx.reader.changed(source_topic, p):
                     target_end = position = ctx.target.log_end(target_topic, p)
                     self.progress.set_target(target_end)
-                    problem = self._continuity(target_end)
+                    problem = self.plan.diverged or self._continuity(target_end)
                     if problem:
                         self._diverge(problem)
                         return
@@ -844,7 +849,9 @@ class LinkWorker:
                         plan.partitions,
                         source.config,
                         self.clock.wall_ms(),
-                        mirror=mirror_descriptor(self.link, source.name),
+                        mirror=mirror_descriptor(
+                            self.link, source.name, source.incarnation or None
+                        ),
                     )
                     log.info(
                         "created mirror topic %s/%s (%d partitions)",
@@ -918,11 +925,7 @@ class LinkWorker:
     def _sync_tasks(self, owned: set[Partition], plans: Mapping[str, TopicPlan]) -> None:
         for key, task in list(self._tasks.items()):
             plan = plans.get(key[0])
-            wanted = (
-                plan is not None
-                and key in owned
-                and task.signature == (plan.target_topic, plan.action, plan.epoch, plan.reason)
-            )
+            wanted = plan is not None and key in owned and task.signature == plan_signature(plan)
             if not wanted:
                 task.stop()
                 self._retiring.append(task)

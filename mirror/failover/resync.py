@@ -100,6 +100,10 @@ def resync(
             archive_topic_name(target_topic, failback_stamp(now_ms())),
         )
         # Planned the same way for the dry run and the real run.
+        try:
+            incarnation = TopicStore(zk_a).get(topic).incarnation or None
+        except UnknownTopic:
+            raise InvalidArgument(f"topic: {a_dc.name} has no topic {topic!r}") from None
         starts = [states_a.get(topic, p).log_start for p in range(meta_b.partitions)]
         if options.dry_run:
             for p in range(meta_b.partitions):
@@ -155,8 +159,7 @@ def resync(
             if outcome.served_at is None:
                 outcome.note = "the assigned broker has not served the partition again yet"
             report.partitions.append(outcome)
-        # The source incarnation is recorded once topics carry one (None until then).
-        topics_b.update_mirror(target_topic, lifted(lambda m: finish_resync(m, None)))
+        topics_b.update_mirror(target_topic, lifted(lambda m: finish_resync(m, incarnation)))
         return report
     finally:
         for reader in readers:

@@ -7,17 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError
+from kazoo.exceptions import NoNodeError
 
 from talos.coord import paths
 from talos.coord.partition_state import PartitionState, PartitionStateStore
 from talos.coord.topics import TopicMeta, TopicStore
-from talos.coord.zk import txn_failure, zk_errors
+from talos.coord.zk import zk_errors
 from talos.errors import (
     CoordinationError,
-    Fenced,
     InvalidArgument,
     StorageError,
     TalosError,
@@ -57,7 +57,14 @@ def take_over(
     previous = state.open_segment
     if previous is None:
         return state
-    path = segment_path(cluster, topic, partition, previous.base_offset, previous.epoch)
+    path = segment_path(
+        cluster,
+        topic,
+        partition,
+        previous.base_offset,
+        previous.epoch,
+        incarnation=state.incarnation,
+    )
     store.create_exclusive(fence_marker_path(path))
     if store.exists(path):
         scan = scan_segment(store, path, previous.base_offset)
@@ -236,16 +243,16 @@ def truncate(
     cut: PartitionState,
     held: PartitionState,
     groups: Mapping[str, int],
-) -> None:
+) -> PartitionState:
     """Write the cut partition state and move ``groups`` back, all in one transaction.
 
     The partition state is compare-and-set against ``held`` (Fenced if it
-    moved); a group offset that moved meanwhile to at most the new value is
-    left as it is, a larger one is moved back again (the transaction retries).
+    moved). A group offset that changed meanwhile is read again; one already
+    at or below its new value is left alone.
     """
+    states = PartitionStateStore(zk)
     for _ in range(20):
-        txn = zk.transaction()
-        txn.set_data(paths.partition(topic, partition), cut.to_json(), version=held.version)
+        moves: list[tuple[str, bytes, int]] = []
         for group, offset in sorted(groups.items()):
             path = paths.group_offset(group, topic, partition)
             with zk_errors(f"reading {path}"):
@@ -258,19 +265,18 @@ def truncate(
             except (ValueError, UnicodeDecodeError):
                 current = offset + 1
             if current > offset:
-                txn.set_data(path, str(offset).encode(), version=stat.version)
-        with zk_errors(f"truncating {topic}/{partition}"):
-            results = txn.commit()
-        failure = txn_failure(results)
-        if failure is None:
-            return
-        if isinstance(results[0], BadVersionError | NoNodeError):
-            raise Fenced(
-                f"partition {topic}/{partition} was moved by someone else "
-                f"(expected state version {held.version})"
-            )
-        if not isinstance(failure, BadVersionError | NoNodeError):
-            raise failure
+                moves.append((path, str(offset).encode(), stat.version))
+
+        def also(txn: Any, moves: list[tuple[str, bytes, int]] = moves) -> None:
+            for path, value, version in moves:
+                txn.set_data(path, value, version=version)
+
+        try:
+            return states.compare_and_set(topic, partition, cut, held.version, also)
+        except CoordinationError:
+            if not moves:
+                raise
+            continue  # a group committed meanwhile: read its offset again
     raise CoordinationError(
         f"{topic}/{partition}: group offsets keep changing while truncating; rerun"
     )

@@ -44,6 +44,8 @@ def topic_config_to_proto(config: cfg.TopicConfig) -> pb.TopicConfig:
         durability=config.durability,
         segment_bytes=config.segment_bytes,
         segment_ms=config.segment_ms,
+        retention_ms=config.retention_ms,
+        retention_bytes=config.retention_bytes,
     )
 
 
@@ -55,6 +57,8 @@ def topic_config_from_proto(message: pb.TopicConfig) -> cfg.TopicConfig:
         durability=message.durability or defaults.durability,
         segment_bytes=message.segment_bytes or defaults.segment_bytes,
         segment_ms=message.segment_ms or defaults.segment_ms,
+        retention_ms=message.retention_ms or defaults.retention_ms,
+        retention_bytes=message.retention_bytes or defaults.retention_bytes,
     ).validated()
 
 
@@ -289,11 +293,28 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         cfg.validate_topic_name(request.name, "name")
-        await self._coord(
-            lambda: self.broker.topics.add_partitions(
-                request.name, request.partitions, param="partitions"
+        retention_ms = request.retention_ms or None
+        retention_bytes = request.retention_bytes or None
+        retention = retention_ms is not None or retention_bytes is not None
+        if not retention and not request.partitions:
+            raise InvalidArgument(
+                "alter: give partitions, retention_ms or retention_bytes (nothing to change)"
             )
-        )
+        if retention:  # checked before anything is stored: bad input changes nothing
+            meta = await self._coord(lambda: self.broker.topics.get(request.name))
+            meta.config.with_retention(retention_ms, retention_bytes)
+        if request.partitions:
+            await self._coord(
+                lambda: self.broker.topics.add_partitions(
+                    request.name, request.partitions, param="partitions"
+                )
+            )
+        if retention:
+            await self._coord(
+                lambda: self.broker.topics.alter_retention(
+                    request.name, retention_ms, retention_bytes
+                )
+            )
         await self.broker.topic_cache.refresh_async(request.name)
         return pb.AdminResponse()
 
@@ -302,9 +323,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         cfg.validate_topic_name(request.name, "name")
-        await self._coord(lambda: self.broker.topics.delete(request.name))
+        await self._coord(lambda: self.broker.delete_topic(request.name))
         await self.broker.topic_cache.refresh_async(request.name)
-        await self._coord(lambda: self.broker.delete_topic_data(request.name))
         return pb.AdminResponse()
 
     @replies_with_error(pb.ListTopicsResponse)

@@ -737,7 +737,8 @@ class Partition:
     def __init__(self, zk_address: str, root: Path) -> None:
         self.cluster = f"rd-{uuid.uuid4().hex[:8]}"
         self.zk = connect(zk_address, self.cluster)
-        TopicStore(self.zk).create("t", 1, TopicConfig(), int(time.time() * 1000))
+        meta = TopicStore(self.zk).create("t", 1, TopicConfig(), int(time.time() * 1000))
+        self.incarnation = meta.incarnation
         self.states = PartitionStateStore(self.zk)
         self.store = PosixLogStore(str(root))
         self.streams: dict[tuple[int, int], object] = {}
@@ -751,7 +752,7 @@ class Partition:
         return self.states.compare_and_set("t", 0, change(state), state.version)  # type: ignore[operator]
 
     def path(self, base: int, epoch: int) -> str:
-        return segment_path(self.cluster, "t", 0, base, epoch)
+        return segment_path(self.cluster, "t", 0, base, epoch, incarnation=self.incarnation)
 
     def write(self, base: int, epoch: int, data: bytes) -> None:
         key = (base, epoch)

@@ -4,7 +4,6 @@ partitions a worker owns (sticky consistent hashing)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
@@ -17,7 +16,7 @@ from mirror.placement import (
     owned_partitions,
     plan_topic,
 )
-from mirror.state import promote
+from mirror.state import MirrorState, promote
 from talos.config import TopicConfig
 from talos.coord.topics import TopicMeta
 from talos.errors import InvalidArgument
@@ -27,8 +26,10 @@ AB = Link(source="A", target="B", topics=("orders", "pay.*"))
 AB_PREFIXED = Link(source="A", target="B", topics=("*",), naming="prefixed")
 
 
-def meta(name: str, partitions: int = 3, mirror: dict[str, Any] | None = None) -> TopicMeta:
-    return TopicMeta(name, partitions, TopicConfig(), 1, mirror)
+def meta(
+    name: str, partitions: int = 3, mirror: MirrorState | None = None, incarnation: str = ""
+) -> TopicMeta:
+    return TopicMeta(name, partitions, TopicConfig(), 1, mirror, incarnation)
 
 
 def test_unselected_topics_are_skipped() -> None:
@@ -141,3 +142,17 @@ def test_dc_names_must_fit_the_origin_field() -> None:
     check_link(AB)
     with pytest.raises(InvalidArgument, match=r"link\.source"):
         check_link(Link(source="datacenter-east-1a", target="B", topics=("x",)))
+
+
+def test_a_copy_of_another_source_incarnation_is_diverged() -> None:
+    copy = mirror_descriptor(AB, "orders", "inc-1")
+    same = plan_topic(AB, meta("orders", incarnation="inc-1"), meta("orders", 3, copy))
+    assert (same.action, same.diverged) == ("ready", "")
+    recreated = plan_topic(AB, meta("orders", incarnation="inc-2"), meta("orders", 3, copy))
+    assert recreated.action == "ready" and "recreated" in recreated.diverged
+    assert "inc-2" in recreated.diverged and "inc-1" in recreated.diverged
+    unrecorded = mirror_descriptor(AB, "orders")  # made before incarnations: content decides
+    assert (
+        plan_topic(AB, meta("orders", incarnation="inc-2"), meta("orders", 3, unrecorded)).diverged
+        == ""
+    )
