@@ -39,8 +39,8 @@ from topology import Datacenter, Link, Topology
 
 log = logging.getLogger(__name__)
 
-State = Literal["ok", "lagging", "stalled", "error", "diverged"]
-STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error", "diverged")
+State = Literal["ok", "lagging", "stalled", "error", "diverged", "gap"]
+STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error", "diverged", "gap")
 _SEVERITY: dict[str, int] = {state: rank for rank, state in enumerate(STATES)}
 
 DEFAULT_STALL_AFTER_S = 15.0
@@ -96,6 +96,8 @@ class Progress:
     state: str
     error: str
     updated_ms: int
+    #: messages the source deleted before the link copied them (state "gap")
+    gap_messages: int = 0
 
     @classmethod
     def from_json(cls, data: bytes, what: str = "progress") -> Progress:
@@ -115,6 +117,7 @@ class Progress:
                 state=_field(raw, "state", str, "ok"),
                 error=_field(raw, "error", str, ""),
                 updated_ms=_field(raw, "updated_ms", int, 0),
+                gap_messages=_field(raw, "gap_messages", int, 0),
             )
         except CoordinationError as exc:
             raise CoordinationError(f"{what}: malformed ({exc})") from None
@@ -195,6 +198,8 @@ class PartitionStatus:
     state: State
     worker: str = ""
     detail: str = ""
+    #: messages the source deleted before the link copied them (state "gap")
+    gap_messages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +217,7 @@ class PartitionStatus:
             "state": self.state,
             "worker": self.worker,
             "detail": self.detail,
+            "gap_messages": self.gap_messages,
         }
 
 
@@ -390,6 +396,7 @@ def partition_status(
             state=state,
             worker=progress.worker if progress is not None else "",
             detail="; ".join(d for d in detail if d),
+            gap_messages=progress.gap_messages if progress is not None else 0,
         )
 
     if inp.target_problem:
@@ -424,10 +431,10 @@ def partition_status(
             state = "lagging"
         if heartbeat_age_ms is None or heartbeat_age_ms > stall_after_ms:
             notes.append("no live mirror worker")
-    if progress is not None and progress.state == "diverged":
-        # Final until a resync, however old the znode: the worker stopped appending.
-        state = "diverged"
-        notes.insert(0, f"worker: {progress.error or 'diverged'}")
+    if progress is not None and progress.state in ("diverged", "gap"):
+        # Final until an operator acts, however old the znode: the worker stopped appending.
+        state = "diverged" if progress.state == "diverged" else "gap"
+        notes.insert(0, f"worker: {progress.error or progress.state}")
     elif fresh and progress is not None:
         if progress.state == "error":
             state = "error"

@@ -124,10 +124,16 @@ class WorkerOptions:
 # ---- progress: pure state decision + the bookkeeping of one partition --------------------
 
 
+def source_gap(position: int, log_start: int) -> bool:
+    """Did the source delete offsets from ``position`` on before the link copied them?"""
+    return log_start > position
+
+
 def partition_state(
     *,
     error: str,
     diverged: bool = False,
+    gap: bool = False,
     source_end: int,
     target_end: int,
     now_ms: int,
@@ -136,9 +142,11 @@ def partition_state(
     stall_after_s: float,
     lagging_after_s: float,
 ) -> str:
-    """ok | lagging | stalled | error | diverged, from what the worker knows now."""
+    """ok | lagging | stalled | error | diverged | gap, from what the worker knows now."""
     if diverged:
         return "diverged"
+    if gap:
+        return "gap"
     if error:
         return "error"
     behind = source_end > target_end >= 0
@@ -164,6 +172,8 @@ class Progress:
         self.error = ""
         #: set once the target's copy is found not to be the source's history
         self.diverged = False
+        #: [from, to): offsets the source deleted before the link copied them
+        self.gap: tuple[int, int] | None = None
         self._bytes = 0
         self._msgs = 0
         self._window = clock.monotonic()
@@ -201,6 +211,7 @@ class Progress:
         return partition_state(
             error=self.error,
             diverged=self.diverged,
+            gap=self.gap is not None,
             source_end=self.source_end,
             target_end=self.target_end,
             now_ms=now_ms,
@@ -240,6 +251,7 @@ class Progress:
             "state": state,
             "error": self.error,
             "updated_ms": now_ms,
+            "gap_messages": 0 if self.gap is None else self.gap[1] - self.gap[0],
         }
         self._bytes = self._msgs = 0
         self._window = now
@@ -477,6 +489,15 @@ class PartitionTask:
                 reply = ctx.target.append(
                     target_topic, p, chunk.start, link.name, self.plan.epoch, chunk.data
                 )
+            except OffsetOutOfRange as exc:
+                if target_end is not None and source_gap(position, exc.log_start):
+                    self._gap(position, exc.log_start)
+                    return
+                if self._on_error(exc):
+                    target_end = None
+                    pending = []
+                self._stop.wait(backoff.next())
+                continue
             except TalosError as exc:
                 if self._on_error(exc):
                     target_end = None
@@ -539,6 +560,23 @@ class PartitionTask:
         except OffsetOutOfRange as exc:
             source = ReadResult(source_end=exc.log_end)
         return continuity_problem(target_end, last, source, ctx.link.source)
+
+    def _gap(self, position: int, log_start: int) -> None:
+        """The source deleted ``[position, log_start)`` before this link copied it.
+
+        ``on_gap = "stop"`` (the default) stops the partition as ``gap``: the
+        link never skips offsets silently. ``"skip"`` is not supported yet: the
+        target's log would need a hole (offsets stay equal), so it stops too
+        and says so.
+        """
+        self.progress.gap = (position, log_start)
+        policy = self.ctx.link.on_gap
+        note = "" if policy == "stop" else " (on_gap = skip is not supported yet; stopped)"
+        self._fail(
+            f"gap at offset {position}: the source deleted offsets {position}..{log_start - 1} "
+            f"({log_start - position} messages) before the link copied them{note}"
+        )
+        self._report_until_stopped()
 
     def _diverge(self, problem: str) -> None:
         """Stop this partition for good: nothing more is appended until a resync."""

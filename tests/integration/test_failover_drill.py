@@ -202,11 +202,13 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     topology = topology_of(dcs)
     create_topic(dcs)
     worker = dcs.start_worker("A:B")
-    mirrored = produce(dcs.bootstrap("A"), "m", 40, 1_000_000)
+    # Recent timestamps: the topics' time retention (7 days) would delete older ones.
+    now = int(time.time() * 1000)
+    mirrored = produce(dcs.bootstrap("A"), "m", 40, now)
     wait_ends(dcs, dcs.bootstrap("B"), log_ends(dcs.bootstrap("A")), "the mirror to catch up")
     worker.kill()  # the link is cut: what follows in A never reaches B
     promote_point = log_ends(dcs.bootstrap("B"))
-    lost = produce(dcs.bootstrap("A"), "lost", 30, 2_000_000)
+    lost = produce(dcs.bootstrap("A"), "lost", 30, now + 1_000_000)
     a_end = log_ends(dcs.bootstrap("A"))
     assert a_end == [promote_point[p] + 30 for p in range(PARTITIONS)]
     # a group in A read all of it, inside the suffix B never received (issue 11, section 4)
@@ -237,7 +239,7 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     assert report.source_demoted == (TOPIC,)
 
     # B takes writes now, after the mirrored offsets; A refuses them
-    b_writes = produce(dcs.bootstrap("B"), "b", 5, 3_000_000)
+    b_writes = produce(dcs.bootstrap("B"), "b", 5, now + 2_000_000)
     assert sorted({s.offset for s in b_writes if s.partition == 0})[0] == promote_point[0]
     with (
         Producer(dcs.bootstrap("A"), delivery_timeout_s=10) as producer,

@@ -262,7 +262,14 @@ def test_totals_add_up_the_rows() -> None:
     totals = result.totals
     assert (totals.partitions, totals.lag_messages, totals.max_lag_ms) == (3, 30, 9_000)
     assert (totals.msgs_per_s, totals.bytes_per_s) == (15.0 + 20.0, 1500.0 + 2000.0)
-    assert totals.states == {"ok": 1, "lagging": 2, "stalled": 0, "error": 0, "diverged": 0}
+    assert totals.states == {
+        "ok": 1,
+        "lagging": 2,
+        "stalled": 0,
+        "error": 0,
+        "diverged": 0,
+        "gap": 0,
+    }
     assert [r.partition for r in result.partitions] == [0, 1, 2]
 
 
@@ -336,3 +343,13 @@ def test_a_diverged_partition_fails_the_check_and_names_topic_partition_and_offs
     assert (row.topic, row.partition, row.state) == ("orders", 0, "diverged")
     assert "offset 100" in row.detail
     assert result.state == "diverged" and exit_code([result]) == 1
+
+
+def test_a_gap_left_by_source_retention_fails_the_check_with_the_messages_lost() -> None:
+    message = "gap at offset 40: the source deleted offsets 40..99 (60 messages) before ..."
+    report = progress(target_end=40, state="gap", error=message, gap_messages=60)
+    result = status(part(target_end=40, progress=report))
+    row = result.partitions[0]
+    assert (row.state, row.gap_messages) == ("gap", 60)
+    assert "60 messages" in row.detail and row.to_dict()["gap_messages"] == 60
+    assert exit_code([result]) == 1
