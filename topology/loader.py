@@ -476,13 +476,9 @@ def _link(ctx: _Context, index: int, raw: object, datacenters: dict[str, Datacen
     workers = ctx.integer(table.get("workers", 1), (*at, "workers"), 1, MAX_WORKERS)
     gap_at = (*at, "on_gap")
     gap_text = ctx.string(table.get("on_gap", "stop"), gap_at)
-    on_gap: GapPolicy
-    if gap_text == "stop":
-        on_gap = "stop"
-    elif gap_text == "skip":
-        on_gap = "skip"
-    else:
+    if gap_text not in GAP_POLICIES:
         ctx.fail(gap_at, f"must be one of {', '.join(GAP_POLICIES)}, got {gap_text!r}")
+    on_gap: GapPolicy = gap_text
     return Link(
         source=source,
         target=target,
