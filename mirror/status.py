@@ -517,7 +517,7 @@ def build_status(
 
 
 def exit_code(statuses: Sequence[LinkStatus]) -> int:
-    """1 when any partition is stalled or in error (a monitoring check), else 0."""
+    """1 when any partition is stalled, in error, diverged or has a gap, else 0."""
     return 0 if all(s.healthy for s in statuses) else 1
 
 
