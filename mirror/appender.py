@@ -249,15 +249,21 @@ class TargetClient:
 
 
 def continuity_problem(
-    target_end: int, target_last: bytes | None, source: ReadResult, source_dc: str
+    target_end: int,
+    target_last: bytes | None,
+    source: ReadResult,
+    source_dc: str,
+    target_dc: str,
 ) -> str:
     """Why the target's copy is not the source's history at ``target_end`` ("" = it is).
 
     ``target_last`` is the target's batch holding ``target_end - 1``; ``source``
     a read of the source from ``target_end - 1``. The source batch ending at
     the target's end must be the target's last batch: same offsets, and the
-    same CRC once stamped with its origin as the link stamps it. A source that
-    was deleted and recreated, or cut back below the target's end, fails this.
+    same CRC once both carry their origin (a batch without one was first
+    written where it is stored: after a failback the target holds originals
+    of which the source holds copies). A source that was deleted and
+    recreated, or cut back below the target's end, fails this.
     """
     if target_end <= 0 or target_last is None:
         return ""
@@ -273,7 +279,8 @@ def continuity_problem(
             f"{mine.next_offset - 1}"
         )
     stamped = stamp_origin(source.batch(0), theirs, source_dc)
-    if parse_header(stamped).crc != mine.crc:
+    own = stamp_origin(target_last, mine, target_dc)
+    if parse_header(stamped).crc != parse_header(own).crc:
         return (
             f"the batch {mine.base_offset}..{mine.next_offset - 1} differs between source and "
             "target (CRC)"

@@ -559,7 +559,7 @@ class PartitionTask:
             )
         except OffsetOutOfRange as exc:
             source = ReadResult(source_end=exc.log_end)
-        return continuity_problem(target_end, last, source, ctx.link.source)
+        return continuity_problem(target_end, last, source, ctx.link.source, ctx.link.target)
 
     def _gap(self, position: int, log_start: int) -> None:
         """The source deleted ``[position, log_start)`` before this link copied it.

@@ -188,15 +188,25 @@ def _read_of(data: bytes) -> ReadResult:
 def test_the_target_continues_the_source_when_its_last_batch_is_the_stamped_source_batch() -> None:
     source = batch(4, 3)
     target_last = stamp_origin(source, parse_header(source), "A")
-    assert continuity_problem(7, target_last, _read_of(source), "A") == ""
-    assert continuity_problem(0, None, ReadResult(), "A") == ""  # nothing copied yet
+    assert continuity_problem(7, target_last, _read_of(source), "A", "B") == ""
+    assert continuity_problem(0, None, ReadResult(), "A", "B") == ""  # nothing copied yet
+
+
+def test_after_a_failback_the_target_holds_the_originals_of_the_sources_copies() -> None:
+    original = batch(4, 3)  # written in A
+    b_copy = stamp_origin(original, parse_header(original), "A")
+    # the reverse link B:A reads B's copy; A (its target) holds the original
+    assert continuity_problem(7, original, _read_of(b_copy), "B", "A") == ""
+    assert "CRC" in continuity_problem(7, batch(4, 3, origin="C"), _read_of(b_copy), "B", "A")
 
 
 def test_a_rewritten_or_cut_back_source_is_divergence() -> None:
     copied = stamp_origin(batch(4, 3), parse_header(batch(4, 3)), "A")
     rewritten = encode_batch([Record(value=b"new")] * 3, base_offset=4)
-    assert "CRC" in continuity_problem(7, copied, _read_of(rewritten), "A")
+    assert "CRC" in continuity_problem(7, copied, _read_of(rewritten), "A", "B")
     regrouped = batch(4, 2) + batch(6, 1)
-    assert "6..6" in continuity_problem(7, copied, _read_of(regrouped[len(batch(4, 2)) :]), "A")
+    assert "6..6" in continuity_problem(
+        7, copied, _read_of(regrouped[len(batch(4, 2)) :]), "A", "B"
+    )
     cut = ReadResult(source_end=3, caught_up=True)
-    assert "ends at 3, below the target's end 7" in continuity_problem(7, copied, cut, "A")
+    assert "ends at 3, below the target's end 7" in continuity_problem(7, copied, cut, "A", "B")
