@@ -61,6 +61,11 @@ integration: deps
 test: deps proto-check lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# Tests too long for `make test` (20,000 segments in one partition); they print figures.
+.PHONY: test-slow
+test-slow: deps
+	TALOS_SLOW_TESTS=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_many_segments.py
+
 demo: deps
 	$(BIN)/python -m talos.demo
 

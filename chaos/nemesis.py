@@ -475,7 +475,12 @@ class Nemesis:
                 if state.owner != broker.broker_id or segment is None:
                     continue
                 rel = segment_path(
-                    dc.name, self.topic, partition, segment.base_offset, segment.epoch
+                    dc.name,
+                    self.topic,
+                    partition,
+                    segment.base_offset,
+                    segment.epoch,
+                    incarnation=state.incarnation,
                 )
                 path = dc.store_dir / rel
                 if not path.exists():
@@ -506,7 +511,14 @@ class Nemesis:
         if not sealed:
             raise TalosError(f"{self.sealed_topic}: no sealed segment to corrupt")
         segment = sealed[pick % len(sealed)]
-        rel = segment_path(dc.name, self.sealed_topic, 0, segment.base_offset, segment.epoch)
+        rel = segment_path(
+            dc.name,
+            self.sealed_topic,
+            0,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=state.incarnation,
+        )
         path = dc.store_dir / rel
         data = path.read_bytes()[: segment.size]
         damage = plan_sealed_damage(data, variant, pick // 7)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.errors import (
@@ -33,8 +33,10 @@ from talos.errors import (
     UnknownTopic,
 )
 from talos.proto import talos_pb2 as pb
-from talos.record.batch import BatchHeader, with_origin
+from talos.record.batch import BatchHeader, iter_batches, parse_header, with_origin
 from talos.wire import error_from_proto
+
+from .reader import ReadResult
 
 # ---- provenance --------------------------------------------------------------------------
 
@@ -171,23 +173,45 @@ class TargetClient:
     def refresh(self, topic: str) -> None:
         self.router.mark_stale(topic)
 
-    def log_end(self, topic: str, partition: int) -> int:
-        """The target partition's end: where copying resumes. Raises on any error."""
+    def _owner_call(self, topic: str, partition: int, method: str, request: Any) -> Any:
+        """One RPC to the partition's owner; any failure makes the route stale."""
         try:
             address = self.router.owner_address(topic, partition)
-            response: pb.ListOffsetsResponse = self.connections.call(
-                address,
-                "ListOffsets",
-                pb.ListOffsetsRequest(topic=topic, partition=partition, timestamp_ms=-1),
-            )
+            return self.connections.call(address, method, request)
         except TalosError:
             self.router.mark_stale(topic)
             raise
-        error = error_from_proto(response.error)
-        if error is not None:
+
+    def _checked(self, topic: str, error: pb.Error) -> None:
+        found = error_from_proto(error)
+        if found is not None:
             self.router.mark_stale(topic)
-            raise error
+            raise found
+
+    def log_end(self, topic: str, partition: int) -> int:
+        """The target partition's end: where copying resumes. Raises on any error."""
+        response: pb.ListOffsetsResponse = self._owner_call(
+            topic,
+            partition,
+            "ListOffsets",
+            pb.ListOffsetsRequest(topic=topic, partition=partition, timestamp_ms=-1),
+        )
+        self._checked(topic, response.error)
         return int(response.offset)
+
+    def batch_at(self, topic: str, partition: int, offset: int) -> bytes | None:
+        """The whole target batch holding ``offset`` (None when the target has none there)."""
+        fetch = pb.FetchPartition(topic=topic, partition=partition, offset=offset, max_bytes=1)
+        response: pb.FetchResponse = self._owner_call(
+            topic, partition, "Fetch", pb.FetchRequest(partitions=[fetch], max_wait_ms=0)
+        )
+        result = response.results[0]
+        self._checked(topic, result.error)
+        records = bytes(result.records)
+        for position, header in iter_batches(records):
+            if header.base_offset <= offset < header.next_offset:
+                return records[position : position + header.total_size]
+        return None
 
     def append(
         self,
@@ -219,3 +243,46 @@ class TargetClient:
 
     def close(self) -> None:
         self.connections.close()
+
+
+# ---- divergence: does the target still hold the source's history? -----------------------
+
+
+def continuity_problem(
+    target_end: int,
+    target_last: bytes | None,
+    source: ReadResult,
+    source_dc: str,
+    target_dc: str,
+) -> str:
+    """Why the target's copy is not the source's history at ``target_end`` ("" = it is).
+
+    ``target_last`` is the target's batch holding ``target_end - 1``; ``source``
+    a read of the source from ``target_end - 1``. The source batch ending at
+    the target's end must be the target's last batch: same offsets, and the
+    same CRC once both carry their origin (a batch without one was first
+    written where it is stored: after a failback the target holds originals
+    of which the source holds copies). A source that was deleted and
+    recreated, or cut back below the target's end, fails this.
+    """
+    if target_end <= 0 or target_last is None:
+        return ""
+    mine = parse_header(target_last)
+    if not source.headers or source.headers[0].base_offset > target_end - 1:
+        end = source.source_end
+        return f"the source ends at {end if end >= 0 else '?'}, below the target's end {target_end}"
+    theirs = source.headers[0]
+    if (theirs.base_offset, theirs.next_offset) != (mine.base_offset, mine.next_offset):
+        return (
+            f"at offset {target_end - 1} the source holds batch {theirs.base_offset}.."
+            f"{theirs.next_offset - 1} but the target holds {mine.base_offset}.."
+            f"{mine.next_offset - 1}"
+        )
+    stamped = stamp_origin(source.batch(0), theirs, source_dc)
+    own = stamp_origin(target_last, mine, target_dc)
+    if parse_header(stamped).crc != parse_header(own).crc:
+        return (
+            f"the batch {mine.base_offset}..{mine.next_offset - 1} differs between source and "
+            "target (CRC)"
+        )
+    return ""

@@ -1,4 +1,4 @@
-"""``talos mirror promote`` and ``talos mirror failback``.
+"""``talos mirror promote``, ``talos mirror failback`` and ``talos mirror resync``.
 
 Both print a human report by default and the same data with ``--json``;
 bad input (an unknown link, failback before promote, an unreachable A) is
@@ -97,3 +97,40 @@ def add_failover_parsers(mirror_sub: Any) -> None:
         help="seconds per call to either DC (default 10)",
     )
     failback.set_defaults(func=cmd_failback)
+    add_resync_parser(mirror_sub)
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    from mirror.failover import report_json
+    from mirror.failover.report import format_resync
+    from mirror.failover.resync import ResyncOptions, resync
+    from topology import load_topology
+
+    topology = load_topology(args.topology)
+    report = resync(
+        topology,
+        args.link,
+        args.topic,
+        ResyncOptions(dry_run=args.dry_run, timeout_s=args.timeout),
+    )
+    print(report_json(report) if args.json else format_resync(report), flush=True)
+    return 0
+
+
+def add_resync_parser(mirror_sub: Any) -> None:
+    resync = mirror_sub.add_parser(
+        "resync",
+        help="archive a diverged mirror copy and copy the source again from its log start",
+    )
+    resync.add_argument("--topology", required=True, help="topology file (TOML)")
+    resync.add_argument("--link", required=True, help="the link, SOURCE:TARGET")
+    resync.add_argument("--topic", required=True, help="the SOURCE topic whose copy to replace")
+    resync.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    resync.add_argument("--json", action="store_true", help="print the report as JSON")
+    resync.add_argument(
+        "--timeout",
+        type=_positive_float("timeout"),
+        default=10.0,
+        help="seconds per call to either DC (default 10)",
+    )
+    resync.set_defaults(func=cmd_resync)

@@ -248,7 +248,14 @@ class OffsetSync:
     def _writable_targets(self, target_topics: Set[str]) -> set[str]:
         """Target topics that are unpromoted mirrors of this link (others own their offsets)."""
         metas = self._metas(self.target_zk, target_topics, "target")
-        return {t for t, meta in metas.items() if not target_mirror_problem(self.link, meta.mirror)}
+        return {
+            t
+            for t, meta in metas.items()
+            if not target_mirror_problem(self.link, self._source_topic(t), meta.mirror)
+        }
+
+    def _source_topic(self, target_topic: str) -> str:
+        return self.link.source_topic(target_topic) or target_topic
 
     def _metas(self, zk: KazooClient, topics: Set[str], side: str) -> dict[str, TopicMeta]:
         metas: dict[str, TopicMeta] = {}

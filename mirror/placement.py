@@ -14,15 +14,18 @@ No I/O here. The worker reads ZooKeeper, calls these, then acts:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from talos.coord.assignment import ring_assign
 from talos.coord.topics import TopicMeta
 from talos.errors import InvalidArgument
 from talos.record.batch import ORIGIN_CLUSTER_MAX
 from topology.model import Link
+
+from .state import MirrorState, new_mirror, target_problem
+from .state import loop_reason as state_loop_reason
 
 Partition = tuple[str, int]
 TopicAction = Literal["skip", "create", "grow", "ready", "error"]
@@ -38,6 +41,8 @@ class TopicPlan:
     partitions: int = 0
     epoch: int = 0
     reason: str = ""
+    #: Not "": the target holds a copy of another incarnation of the source topic.
+    diverged: str = ""
 
 
 def check_link(link: Link) -> None:
@@ -50,31 +55,16 @@ def check_link(link: Link) -> None:
             )
 
 
-def mirror_descriptor(link: Link, source_topic: str, epoch: int = 1) -> dict[str, Any]:
-    """The ``mirror`` dict of a target topic created by ``link``."""
-    return {
-        "link": link.name,
-        "source": link.source,
-        "source_topic": source_topic,
-        "epoch": epoch,
-        "promoted": False,
-    }
+def mirror_descriptor(
+    link: Link, source_topic: str, source_incarnation: str | None = None
+) -> MirrorState:
+    """The mirror state of a target topic created by ``link`` (from that source incarnation)."""
+    return new_mirror(link.name, link.source, source_topic, source_incarnation)
 
 
-def loop_reason(link: Link, source_mirror: Mapping[str, Any] | None) -> str:
-    """Why a source topic must not be copied to avoid a loop; "" if it may be.
-
-    A source topic that is an unpromoted mirror whose own source is our target
-    holds the target's data: copying it back would loop.
-    """
-    if not source_mirror or source_mirror.get("promoted"):
-        return ""
-    if source_mirror.get("source") == link.target:
-        return (
-            f"it is a mirror of {source_mirror.get('source_topic', '?')!r} from "
-            f"{link.target} (link {source_mirror.get('link', '?')}); copying it back would loop"
-        )
-    return ""
+def loop_reason(link: Link, source_mirror: MirrorState | None) -> str:
+    """Why a source topic must not be copied to avoid a loop; "" if it may be."""
+    return state_loop_reason(link.source, link.target, source_mirror)
 
 
 def plan_topic(link: Link, source: TopicMeta, target: TopicMeta | None) -> TopicPlan:
@@ -89,46 +79,33 @@ def plan_topic(link: Link, source: TopicMeta, target: TopicMeta | None) -> Topic
     if target is None:
         return TopicPlan(name, target_name, "create", source.partitions, epoch=1)
     mirror = target.mirror
-    where = f"{link.target}/{target_name}"
-    if not mirror:
+    problem = target_problem(link.name, name, mirror)
+    if problem or mirror is None:
         return TopicPlan(
             name,
             target_name,
             "error",
             source.partitions,
-            reason=f"target topic {where} exists and is not a mirror; refusing to write into it",
-        )
-    if mirror.get("link") != link.name or mirror.get("source_topic") != name:
-        return TopicPlan(
-            name,
-            target_name,
-            "error",
-            source.partitions,
-            reason=(
-                f"target topic {where} is a mirror of {mirror.get('source_topic', '?')!r} "
-                f"through link {mirror.get('link', '?')}, not of {name!r} through {link.name}"
-            ),
-        )
-    epoch = _epoch(mirror)
-    if mirror.get("promoted"):
-        return TopicPlan(
-            name,
-            target_name,
-            "error",
-            source.partitions,
-            epoch,
-            reason=f"target topic {where} was promoted (mirror epoch {epoch}); not copying",
+            mirror.epoch if mirror is not None else 0,
+            reason=f"{link.target}/{target_name}: {problem}",
         )
     if target.partitions < source.partitions:
-        return TopicPlan(name, target_name, "grow", source.partitions, epoch)
-    return TopicPlan(name, target_name, "ready", min(source.partitions, target.partitions), epoch)
-
-
-def _epoch(mirror: Mapping[str, Any]) -> int:
-    try:
-        return int(mirror.get("epoch", 0))
-    except (TypeError, ValueError):
-        return 0
+        return TopicPlan(name, target_name, "grow", source.partitions, mirror.epoch)
+    diverged = ""
+    recorded = mirror.source_incarnation
+    if recorded is not None and source.incarnation and recorded != source.incarnation:
+        diverged = (
+            f"the source topic was recreated (incarnation {source.incarnation}; this copy holds "
+            f"incarnation {recorded})"
+        )
+    return TopicPlan(
+        name,
+        target_name,
+        "ready",
+        min(source.partitions, target.partitions),
+        mirror.epoch,
+        diverged=diverged,
+    )
 
 
 def link_partitions(plans: Iterable[TopicPlan]) -> list[Partition]:

@@ -52,8 +52,9 @@ _SEEK_CHUNK = 4 * 1024 * 1024
 class ReadResult:
     """Consecutive whole batches. ``positions[i]`` is where batch i starts in ``data``.
 
-    ``source_end`` is the best known end of committed source data (-1: unknown);
-    ``caught_up`` says the read reached it.
+    ``source_end`` is the end of committed source data this read saw (-1:
+    unknown); ``caught_up`` says the read reached it. ``file_position`` is where
+    ``data`` starts in its segment file (-1: not read from a file).
     """
 
     data: bytes = b""
@@ -61,6 +62,7 @@ class ReadResult:
     positions: tuple[int, ...] = ()
     source_end: int = -1
     caught_up: bool = False
+    file_position: int = -1
 
     @property
     def next_offset(self) -> int:
@@ -76,6 +78,11 @@ class SourceReader(Protocol):
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop what is cached for a partition this worker no longer copies."""
+        ...
+
+    def changed(self, topic: str, partition: int) -> bool:
+        """Whether the source's partition state changed since the last call (then the
+        worker checks again that the target still holds the source's history)."""
         ...
 
     def close(self) -> None: ...
@@ -130,6 +137,7 @@ def _result(
     positions: list[int],
     source_end: int,
     caught_up: bool,
+    file_position: int = -1,
 ) -> ReadResult:
     if not headers:
         return ReadResult(source_end=source_end, caught_up=caught_up)
@@ -138,7 +146,12 @@ def _result(
     rebased = tuple(p - start for p in positions)
     body = data[start:end] if (start, end) != (0, len(data)) else data
     return ReadResult(
-        body, tuple(headers), rebased, max(source_end, headers[-1].next_offset), caught_up
+        body,
+        tuple(headers),
+        rebased,
+        max(source_end, headers[-1].next_offset),
+        caught_up,
+        file_position + start if file_position >= 0 else -1,
     )
 
 
@@ -159,6 +172,7 @@ class _PartitionView:
     cancel: object = None
     cursor: _Cursor | None = None
     known_end: int = -1  # committed end seen in the open segment
+    state_changed: bool = False  # a watch event since the last changed() call
 
 
 class StoreReader:
@@ -187,6 +201,10 @@ class StoreReader:
             self._views[key] = view
 
         def on_change(state: PartitionState | None) -> None:
+            if view.state is not None and state != view.state:
+                view.state_changed = True
+            if state is None:  # deleted: nothing read so far describes what may come next
+                view.cursor, view.known_end = None, -1
             view.state = state
             view.changed.set()
 
@@ -200,6 +218,14 @@ class StoreReader:
             view.state = self._states.get(topic, partition)
         return view
 
+    def changed(self, topic: str, partition: int) -> bool:
+        with self._lock:
+            view = self._views.get((topic, partition))
+        if view is None or not view.state_changed:
+            return False
+        view.state_changed = False
+        return True
+
     def forget(self, topic: str, partition: int) -> None:
         with self._lock:
             view = self._views.pop((topic, partition), None)
@@ -212,16 +238,36 @@ class StoreReader:
         for topic, partition in keys:
             self.forget(topic, partition)
 
-    def _path(self, topic: str, partition: int, segment: SegmentInfo) -> str:
-        return segment_path(self.cluster, topic, partition, segment.base_offset, segment.epoch)
+    def _path(self, topic: str, partition: int, state: PartitionState, segment: SegmentInfo) -> str:
+        return segment_path(
+            self.cluster,
+            topic,
+            partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=state.incarnation,
+        )
 
     # ---- reading ------------------------------------------------------------------------
 
-    def read(self, topic: str, partition: int, offset: int, max_bytes: int) -> ReadResult:
+    def read(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        state: PartitionState | None = None,
+    ) -> ReadResult:
+        """Committed batches from the one holding ``offset``.
+
+        ``state``: read under this partition state instead of the watched one
+        (a tool that holds the partition and just sealed it knows it best).
+        """
         _check_read(offset, max_bytes)
         view = self._view(topic, partition)
+        pinned = state
         for _ in range(8):  # a segment boundary or a seal moves us on; never loops for long
-            state = view.state
+            state = pinned or view.state
             if state is None:
                 raise UnknownTopic(f"source partition {topic}/{partition} no longer exists")
             if offset < state.log_start:
@@ -235,7 +281,7 @@ class StoreReader:
             known = max(view.known_end, state.sealed_end)
             if segment is None:
                 return ReadResult(source_end=known, caught_up=True)
-            path = self._path(topic, partition, segment)
+            path = self._path(topic, partition, state, segment)
             if segment.sealed:
                 return self._read_sealed(view, segment, path, offset, max_bytes, known)
             result, moved = self._read_open(
@@ -280,7 +326,7 @@ class StoreReader:
         view.cursor = _Cursor(
             segment.base_offset, segment.epoch, position + used, headers[-1].next_offset
         )
-        return _result(data, headers, positions, known_end, caught_up=False)
+        return _result(data, headers, positions, known_end, False, position)
 
     def _index(self, path: str, segment: SegmentInfo) -> list[seg_index.IndexEntry]:
         entries = self._entries.get(path)
@@ -305,20 +351,26 @@ class StoreReader:
                 data += self.store.read(path, position + len(data), total - len(data))
         return data
 
-    def _seek_open(self, path: str, offset: int, length: int) -> int:
-        """Byte position of the batch holding ``offset`` in the open segment (valid prefix)."""
+    def _seek_open(self, path: str, offset: int, length: int, base: int) -> tuple[int, int]:
+        """(byte position, end seen) of the batch holding ``offset`` in the open segment.
+
+        The end seen is ``offset`` when a batch holds it, else the offset after
+        the last whole valid batch: where the committed data ends for now.
+        """
         position = 0
+        end_seen = base
         while position < length:
             data = self._read_whole(path, position, _SEEK_CHUNK, length)
             used = 0
             for at, header in iter_batches(data):
                 if header.next_offset > offset:
-                    return position + at
+                    return position + at, offset
                 used = at + header.total_size
+                end_seen = header.next_offset
             if used == 0:
-                return position  # a torn or incomplete tail: the committed data ends here
+                return position, end_seen  # a torn or incomplete tail: the data ends here
             position += used
-        return position
+        return position, end_seen
 
     def _read_open(
         self,
@@ -344,11 +396,11 @@ class StoreReader:
             segment.epoch,
             offset,
         ):
-            position = cursor.position
+            position, end_seen = cursor.position, offset
         elif offset == segment.base_offset:
-            position = 0
+            position, end_seen = 0, offset
         else:
-            position = self._seek_open(path, offset, length)
+            position, end_seen = self._seek_open(path, offset, length, segment.base_offset)
         data = self._read_whole(path, position, max_bytes, length) if position < length else b""
         headers, positions, used = valid_batches(data, offset)
         # The read rule: the batches just read are committed unless the segment was fenced.
@@ -357,9 +409,10 @@ class StoreReader:
                 view.cursor = _Cursor(
                     segment.base_offset, segment.epoch, position + used, headers[-1].next_offset
                 )
-                view.known_end = max(view.known_end, headers[-1].next_offset)
-                return _result(data, headers, positions, view.known_end, caught_up=False), False
-            view.known_end = max(view.known_end, offset)
+                view.known_end = headers[-1].next_offset
+                return _result(data, headers, positions, -1, False, position), False
+            # Only what was read counts: a source cut back below ``offset`` reports its end.
+            view.known_end = end_seen
             latest = view.state
             if latest is not None:
                 now = _find(latest, segment)
@@ -374,7 +427,7 @@ class StoreReader:
             view.cursor = _Cursor(
                 segment.base_offset, segment.epoch, position + used, headers[-1].next_offset
             )
-            return _result(data, headers, positions, sealed.end_offset, caught_up=False), False
+            return _result(data, headers, positions, sealed.end_offset, False, position), False
         return ReadResult(), True
 
     def _wait_sealed(
@@ -475,6 +528,9 @@ class FetchReader:
 
     def forget(self, topic: str, partition: int) -> None:
         return None
+
+    def changed(self, topic: str, partition: int) -> bool:
+        return False  # the brokers do not show the partition state; checked on start only
 
     def close(self) -> None:
         self.connections.close()

@@ -26,6 +26,7 @@ from mirror.paths import (
     progress_root,
     workers_path,
 )
+from mirror.state import MirrorState, loop_reason, target_problem
 from talos.client.connection import Connections
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
@@ -38,8 +39,8 @@ from topology import Datacenter, Link, Topology
 
 log = logging.getLogger(__name__)
 
-State = Literal["ok", "lagging", "stalled", "error"]
-STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error")
+State = Literal["ok", "lagging", "stalled", "error", "diverged", "gap"]
+STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error", "diverged", "gap")
 _SEVERITY: dict[str, int] = {state: rank for rank, state in enumerate(STATES)}
 
 DEFAULT_STALL_AFTER_S = 15.0
@@ -53,31 +54,17 @@ _FETCH_PARTITIONS = 32
 # -- the znode layout in the TARGET ZooKeeper (see notes/mirror.md) --------------------------
 
 
-# -- the loop-prevention rule shared with the offset sync -------------------------------------
+# -- the loop and target rules (one copy, in mirror.state) -----------------------------------
 
 
-def link_copies(link: Link, source_topic: str, source_mirror: Mapping[str, Any] | None) -> bool:
-    """Whether ``link`` mirrors this source topic at all.
-
-    A topic that is itself an unpromoted mirror of a link out of the target
-    is skipped entirely: copying it would send the target's data home again.
-    """
-    if not link.selects(source_topic):
-        return False
-    if source_mirror is None or source_mirror.get("promoted"):
-        return True
-    return source_mirror.get("source") != link.target
+def link_copies(link: Link, source_topic: str, source_mirror: MirrorState | None) -> bool:
+    """Whether ``link`` mirrors this source topic at all (selected, and no loop)."""
+    return link.selects(source_topic) and not loop_reason(link.source, link.target, source_mirror)
 
 
-def target_mirror_problem(link: Link, target_mirror: Mapping[str, Any] | None) -> str:
+def target_mirror_problem(link: Link, source_topic: str, target_mirror: MirrorState | None) -> str:
     """Why an existing target topic is not a writable mirror of ``link`` ("" if it is)."""
-    if target_mirror is None:
-        return "target topic exists and is not a mirror (an ordinary topic of the target)"
-    if target_mirror.get("link") != link.name:
-        return f"target topic is a mirror of link {target_mirror.get('link')!r}, not {link.name}"
-    if target_mirror.get("promoted"):
-        return "target topic was promoted; this link no longer copies it"
-    return ""
+    return target_problem(link.name, source_topic, target_mirror)
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -109,6 +96,8 @@ class Progress:
     state: str
     error: str
     updated_ms: int
+    #: messages the source deleted before the link copied them (state "gap")
+    gap_messages: int = 0
 
     @classmethod
     def from_json(cls, data: bytes, what: str = "progress") -> Progress:
@@ -128,6 +117,7 @@ class Progress:
                 state=_field(raw, "state", str, "ok"),
                 error=_field(raw, "error", str, ""),
                 updated_ms=_field(raw, "updated_ms", int, 0),
+                gap_messages=_field(raw, "gap_messages", int, 0),
             )
         except CoordinationError as exc:
             raise CoordinationError(f"{what}: malformed ({exc})") from None
@@ -208,6 +198,8 @@ class PartitionStatus:
     state: State
     worker: str = ""
     detail: str = ""
+    #: messages the source deleted before the link copied them (state "gap")
+    gap_messages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,6 +217,7 @@ class PartitionStatus:
             "state": self.state,
             "worker": self.worker,
             "detail": self.detail,
+            "gap_messages": self.gap_messages,
         }
 
 
@@ -403,6 +396,7 @@ def partition_status(
             state=state,
             worker=progress.worker if progress is not None else "",
             detail="; ".join(d for d in detail if d),
+            gap_messages=progress.gap_messages if progress is not None else 0,
         )
 
     if inp.target_problem:
@@ -437,7 +431,11 @@ def partition_status(
             state = "lagging"
         if heartbeat_age_ms is None or heartbeat_age_ms > stall_after_ms:
             notes.append("no live mirror worker")
-    if fresh and progress is not None:
+    if progress is not None and progress.state in ("diverged", "gap"):
+        # Final until an operator acts, however old the znode: the worker stopped appending.
+        state = "diverged" if progress.state == "diverged" else "gap"
+        notes.insert(0, f"worker: {progress.error or progress.state}")
+    elif fresh and progress is not None:
         if progress.state == "error":
             state = "error"
             notes.insert(0, f"worker: {progress.error or 'error'}")
@@ -519,7 +517,7 @@ def build_status(
 
 
 def exit_code(statuses: Sequence[LinkStatus]) -> int:
-    """1 when any partition is stalled or in error (a monitoring check), else 0."""
+    """1 when any partition is stalled, in error, diverged or has a gap, else 0."""
     return 0 if all(s.healthy for s in statuses) else 1
 
 
@@ -803,7 +801,9 @@ class StatusReader:
                     else f"source {source_topic}/{p} has no serving owner"
                 )
             meta = target_zk.metas.get(target_topic)
-            target_problem = target_mirror_problem(link, meta.mirror) if meta is not None else ""
+            problem = (
+                target_mirror_problem(link, source_topic, meta.mirror) if meta is not None else ""
+            )
             target_missing = target_zk.missing(target_view, target_topic, p)
             target_end = None if target_missing else target_view.ends.get((target_topic, p))
             if target_end is None and not target_missing:
@@ -823,7 +823,7 @@ class StatusReader:
                     target_missing=target_missing,
                     oldest_unreplicated_ms=oldest.get((source_topic, p)),
                     error="; ".join(problems),
-                    target_problem=target_problem,
+                    target_problem=problem,
                 )
             )
         errors.extend(target_zk.problems)

@@ -1,7 +1,7 @@
 """The ``talos mirror status`` command: the status table, as text or JSON, once or watching.
 
-Its exit code makes it a monitoring check: 1 when any partition is stalled
-or in error (an unreachable DC counts as an error), 0 otherwise.
+Its exit code makes it a monitoring check: 1 when any partition is stalled,
+in error, diverged or has a gap (an unreachable DC counts as an error), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def add_status_parser(mirror_sub: Any) -> argparse.ArgumentParser:
     """Register ``status`` under the ``talos mirror`` subcommands."""
     status: argparse.ArgumentParser = mirror_sub.add_parser(
         "status",
-        help="lag, throughput and stalls of each mirror link (exit 1 if stalled or in error)",
+        help="lag, throughput and state of each mirror link (exit 1 unless ok or lagging)",
     )
     status.add_argument("--topology", required=True, help="the topology file (TOML)")
     status.add_argument("--link", default=None, help="only this link, SOURCE:TARGET")

@@ -49,6 +49,7 @@ from topology.model import Datacenter, Link, Topology
 from .appender import (
     TargetClient,
     chunk_ranges,
+    continuity_problem,
     decide_reply,
     split_loop,
     stamp_origin,
@@ -123,9 +124,16 @@ class WorkerOptions:
 # ---- progress: pure state decision + the bookkeeping of one partition --------------------
 
 
+def source_gap(position: int, log_start: int) -> bool:
+    """Did the source delete offsets from ``position`` on before the link copied them?"""
+    return log_start > position
+
+
 def partition_state(
     *,
     error: str,
+    diverged: bool = False,
+    gap: bool = False,
     source_end: int,
     target_end: int,
     now_ms: int,
@@ -134,7 +142,11 @@ def partition_state(
     stall_after_s: float,
     lagging_after_s: float,
 ) -> str:
-    """ok | lagging | stalled | error, from what the worker knows now."""
+    """ok | lagging | stalled | error | diverged | gap, from what the worker knows now."""
+    if diverged:
+        return "diverged"
+    if gap:
+        return "gap"
     if error:
         return "error"
     behind = source_end > target_end >= 0
@@ -158,6 +170,10 @@ class Progress:
         self.last_progress_ms = clock.wall_ms()
         self.oldest_ts: int | None = None  # first timestamp of the oldest unreplicated batch
         self.error = ""
+        #: set once the target's copy is found not to be the source's history
+        self.diverged = False
+        #: [from, to): offsets the source deleted before the link copied them
+        self.gap: tuple[int, int] | None = None
         self._bytes = 0
         self._msgs = 0
         self._window = clock.monotonic()
@@ -194,6 +210,8 @@ class Progress:
     def state(self, now_ms: int) -> str:
         return partition_state(
             error=self.error,
+            diverged=self.diverged,
+            gap=self.gap is not None,
             source_end=self.source_end,
             target_end=self.target_end,
             now_ms=now_ms,
@@ -233,6 +251,7 @@ class Progress:
             "state": state,
             "error": self.error,
             "updated_ms": now_ms,
+            "gap_messages": 0 if self.gap is None else self.gap[1] - self.gap[0],
         }
         self._bytes = self._msgs = 0
         self._window = now
@@ -313,6 +332,11 @@ def write_json(zk: KazooClient, path: str, data: Mapping[str, Any]) -> None:
                 zk.set(path, payload)
 
 
+def plan_signature(plan: TopicPlan) -> tuple[str, str, int, str, str]:
+    """A partition task runs while its topic's plan keeps this; a change restarts it."""
+    return (plan.target_topic, plan.action, plan.epoch, plan.reason, plan.diverged)
+
+
 class PartitionTask:
     """Copies one partition on its own thread until stopped."""
 
@@ -321,7 +345,7 @@ class PartitionTask:
         self.plan = plan
         self.partition = partition
         self.key: Partition = (plan.source_topic, partition)
-        self.signature = (plan.target_topic, plan.action, plan.epoch, plan.reason)
+        self.signature = plan_signature(plan)
         self.progress = Progress(ctx.worker_id, ctx.clock, ctx.options)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -417,10 +441,15 @@ class PartitionTask:
         while not self._stop.is_set():
             self._report()
             try:
-                if target_end is None:
+                if target_end is None or ctx.reader.changed(source_topic, p):
                     target_end = position = ctx.target.log_end(target_topic, p)
                     self.progress.set_target(target_end)
+                    problem = self.plan.diverged or self._continuity(target_end)
+                    if problem:
+                        self._diverge(problem)
+                        return
                     log.info("%s: resuming at target end %d", self._label, target_end)
+                    pending = []
                 if not pending:
                     result = ctx.reader.read(source_topic, p, position, options.read_bytes)
                     oldest = result.headers[0].first_timestamp if result.headers else None
@@ -460,6 +489,15 @@ class PartitionTask:
                 reply = ctx.target.append(
                     target_topic, p, chunk.start, link.name, self.plan.epoch, chunk.data
                 )
+            except OffsetOutOfRange as exc:
+                if target_end is not None and source_gap(position, exc.log_start):
+                    self._gap(position, exc.log_start)
+                    return
+                if self._on_error(exc):
+                    target_end = None
+                    pending = []
+                self._stop.wait(backoff.next())
+                continue
             except TalosError as exc:
                 if self._on_error(exc):
                     target_end = None
@@ -503,6 +541,52 @@ class PartitionTask:
                 self._report_until_stopped()
                 return
         self._report(force=True)
+
+    def _continuity(self, target_end: int) -> str:
+        """Checked on every start and whenever the source's partition state changes."""
+        if target_end <= 0:
+            return ""
+        ctx = self.ctx
+        try:
+            last = ctx.target.batch_at(self.plan.target_topic, self.partition, target_end - 1)
+        except OffsetOutOfRange:
+            return ""  # the target starts at its end (a copy started past the source's start)
+        if last is None:
+            return ""
+        try:
+            source = ctx.reader.read(
+                self.plan.source_topic, self.partition, target_end - 1, ctx.options.read_bytes
+            )
+        except OffsetOutOfRange as exc:
+            source = ReadResult(source_end=exc.log_end)
+        return continuity_problem(target_end, last, source, ctx.link.source, ctx.link.target)
+
+    def _gap(self, position: int, log_start: int) -> None:
+        """The source deleted ``[position, log_start)`` before this link copied it.
+
+        ``on_gap = "stop"`` (the default) stops the partition as ``gap``: the
+        link never skips offsets silently. ``"skip"`` is not supported yet: the
+        target's log would need a hole (offsets stay equal), so it stops too
+        and says so.
+        """
+        self.progress.gap = (position, log_start)
+        policy = self.ctx.link.on_gap
+        note = "" if policy == "stop" else " (on_gap = skip is not supported yet; stopped)"
+        self._fail(
+            f"gap at offset {position}: the source deleted offsets {position}..{log_start - 1} "
+            f"({log_start - position} messages) before the link copied them{note}"
+        )
+        self._report_until_stopped()
+
+    def _diverge(self, problem: str) -> None:
+        """Stop this partition for good: nothing more is appended until a resync."""
+        self.progress.diverged = True
+        self._fail(
+            f"diverged at offset {self.progress.target_end}: {problem}; the target no longer "
+            f"holds the source's history (talos mirror resync --link {self.ctx.link.name} "
+            f"--topic {self.plan.source_topic})"
+        )
+        self._report_until_stopped()
 
     def _on_error(self, exc: TalosError) -> bool:
         """Handle a read or log-end failure; True means: find the target end again."""
@@ -803,7 +887,9 @@ class LinkWorker:
                         plan.partitions,
                         source.config,
                         self.clock.wall_ms(),
-                        mirror=mirror_descriptor(self.link, source.name),
+                        mirror=mirror_descriptor(
+                            self.link, source.name, source.incarnation or None
+                        ),
                     )
                     log.info(
                         "created mirror topic %s/%s (%d partitions)",
@@ -877,11 +963,7 @@ class LinkWorker:
     def _sync_tasks(self, owned: set[Partition], plans: Mapping[str, TopicPlan]) -> None:
         for key, task in list(self._tasks.items()):
             plan = plans.get(key[0])
-            wanted = (
-                plan is not None
-                and key in owned
-                and task.signature == (plan.target_topic, plan.action, plan.epoch, plan.reason)
-            )
+            wanted = plan is not None and key in owned and task.signature == plan_signature(plan)
             if not wanted:
                 task.stop()
                 self._retiring.append(task)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from talos import aio
-from talos.config import TopicConfig
+from talos.config import UNLIMITED, TopicConfig
 from talos.errors import InvalidArgument, TalosError
 from talos.signals import stop_on_signals
 
@@ -121,6 +121,43 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 # ---- topics -------------------------------------------------------------------
 
 
+def _retention_bytes(text: str) -> int:
+    """``--retention-bytes``: a positive integer, or ``unlimited`` / -1."""
+    if text.strip().lower() == "unlimited":
+        return UNLIMITED
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of bytes or 'unlimited', got {text!r}"
+        ) from None
+
+
+def _retention_ms(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of milliseconds, got {text!r}"
+        ) from None
+
+
+def _retention_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retention-ms",
+        type=_retention_ms,
+        default=None,
+        help="delete sealed segments whose newest record is older (default 7 days; "
+        "30 for .diverged. archives); at least segment_ms",
+    )
+    parser.add_argument(
+        "--retention-bytes",
+        type=_retention_bytes,
+        default=None,
+        help="delete the oldest sealed segments while a partition is larger (default unlimited)",
+    )
+
+
 def _admin(args: argparse.Namespace) -> Any:
     from talos.client import Admin
 
@@ -134,6 +171,10 @@ def cmd_topic_create(args: argparse.Namespace) -> int:
         durability=args.durability or defaults.durability,
         segment_bytes=args.segment_bytes or defaults.segment_bytes,
         segment_ms=args.segment_ms or defaults.segment_ms,
+        retention_ms=defaults.retention_ms if args.retention_ms is None else args.retention_ms,
+        retention_bytes=(
+            defaults.retention_bytes if args.retention_bytes is None else args.retention_bytes
+        ),
     ).validated()
     with _admin(args) as admin:
         admin.create_topic(args.name, args.partitions, config)
@@ -165,6 +206,7 @@ def cmd_topic_describe(args: argparse.Namespace) -> int:
                 "partition": p.partition,
                 "owner": p.owner_id,
                 "address": p.owner_address,
+                "log_start": p.log_start,
                 "log_end": p.log_end,
             }
             for p in description.partitions
@@ -177,21 +219,41 @@ def cmd_topic_describe(args: argparse.Namespace) -> int:
     print(
         f"topic {description.name}: {len(description.partitions)} partition(s), "
         f"durability={config.durability}, max_message_bytes={config.max_message_bytes}, "
-        f"segment_bytes={config.segment_bytes}"
+        f"segment_bytes={config.segment_bytes}, segment_ms={config.segment_ms}, "
+        f"retention_ms={config.retention_ms}, retention_bytes="
+        f"{'unlimited' if config.retention_bytes == UNLIMITED else config.retention_bytes}"
     )
-    print(f"{'partition':>9}  {'owner':<8} {'address':<22} {'log end':>10}")
+    print(f"{'partition':>9}  {'owner':<8} {'address':<22} {'log start':>10} {'log end':>10}")
     for p in description.partitions:
         log_end = str(p.log_end) if p.log_end >= 0 else "-"
+        log_start = str(p.log_start) if p.log_start >= 0 and p.log_end >= 0 else "-"
         print(
-            f"{p.partition:>9}  {p.owner_id or '-':<8} {p.owner_address or '-':<22} {log_end:>10}"
+            f"{p.partition:>9}  {p.owner_id or '-':<8} {p.owner_address or '-':<22} "
+            f"{log_start:>10} {log_end:>10}"
         )
     return 0
 
 
 def cmd_topic_alter(args: argparse.Namespace) -> int:
+    if args.partitions is None and args.retention_ms is None and args.retention_bytes is None:
+        raise InvalidArgument("alter: give --partitions, --retention-ms or --retention-bytes")
     with _admin(args) as admin:
-        admin.alter_topic(args.name, args.partitions)
-    print(f"topic {args.name} now has {args.partitions} partition(s)")
+        admin.alter_topic(
+            args.name,
+            args.partitions,
+            retention_ms=args.retention_ms,
+            retention_bytes=args.retention_bytes,
+        )
+    changed = [
+        f"{name}={value}"
+        for name, value in (
+            ("partitions", args.partitions),
+            ("retention_ms", args.retention_ms),
+            ("retention_bytes", args.retention_bytes),
+        )
+        if value is not None
+    ]
+    print(f"topic {args.name}: {', '.join(changed)}")
     return 0
 
 
@@ -234,6 +296,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     from talos.client import Consumer, TopicPartition
 
+    # Say on stderr when a position is reset (e.g. retention removed it), whatever the log level.
+    resets = logging.getLogger("talos.client.consumer")
+    notice = logging.StreamHandler(sys.stderr)
+    notice.setFormatter(logging.Formatter("talos consume: %(message)s"))
+    notice.setLevel(logging.WARNING)
+    resets.addHandler(notice)
+    resets.setLevel(logging.WARNING)
+    resets.propagate = False
     consumer = Consumer(
         resolve_bootstrap(args.bootstrap),
         group_id=args.group,
@@ -344,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--max-message-bytes", type=int, default=None)
     create.add_argument("--segment-bytes", type=int, default=None)
     create.add_argument("--segment-ms", type=int, default=None)
+    _retention_arguments(create)
     create.add_argument("--wait", action="store_true", help="wait until every partition is served")
     create.set_defaults(func=cmd_topic_create)
     listing = with_bootstrap(topic_sub.add_parser("list"))
@@ -355,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe.set_defaults(func=cmd_topic_describe)
     alter = with_bootstrap(topic_sub.add_parser("alter"))
     alter.add_argument("name")
-    alter.add_argument("--partitions", type=int, required=True)
+    alter.add_argument("--partitions", type=int, default=None)
+    _retention_arguments(alter)
     alter.set_defaults(func=cmd_topic_alter)
     delete = with_bootstrap(topic_sub.add_parser("delete"))
     delete.add_argument("name")

@@ -7,7 +7,7 @@ parameter and what is allowed, before anything is stored.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from talos.errors import InvalidArgument
@@ -75,6 +75,36 @@ def _validate_int(value: object, param: str, low: int, high: int) -> int:
     return value
 
 
+DAY_MS = 24 * 3600 * 1000
+#: retention_bytes value meaning "no size limit" (Kafka's -1).
+UNLIMITED = -1
+#: Retention of ``<topic>.diverged.<time>`` archives (issue 11 §2, issue 12 §1).
+ARCHIVE_RETENTION_MS = 30 * DAY_MS
+ARCHIVE_MARKER = ".diverged."
+
+
+MAX_RETENTION_MS = 2**53
+
+
+def validate_retention(retention_ms: object, retention_bytes: object) -> None:
+    """The checks that need no other setting (the client makes them too); None: unchanged."""
+    if retention_ms is not None and (
+        isinstance(retention_ms, bool) or not isinstance(retention_ms, int) or retention_ms <= 0
+    ):
+        raise InvalidArgument(
+            f"retention_ms: must be a positive integer (milliseconds), got {retention_ms!r}"
+        )
+    if retention_bytes is not None and (
+        isinstance(retention_bytes, bool)
+        or not isinstance(retention_bytes, int)
+        or not (retention_bytes == UNLIMITED or 1 <= retention_bytes <= 2**62)
+    ):
+        raise InvalidArgument(
+            f"retention_bytes: must be a positive integer (bytes, at most {2**62}) or "
+            f"{UNLIMITED} for unlimited, got {retention_bytes!r}"
+        )
+
+
 @dataclass(frozen=True)
 class TopicConfig:
     """Per-topic settings, stored with the topic in ZooKeeper."""
@@ -83,6 +113,10 @@ class TopicConfig:
     durability: str = "sync"
     segment_bytes: int = 256 * 1024 * 1024
     segment_ms: int = 24 * 3600 * 1000
+    #: Sealed segments whose newest record is older than this are deleted.
+    retention_ms: int = 7 * DAY_MS
+    #: Oldest sealed segments are deleted while the partition is larger; UNLIMITED: never.
+    retention_bytes: int = UNLIMITED
 
     def validated(self) -> TopicConfig:
         _validate_int(self.max_message_bytes, "max_message_bytes", 64, 64 * 1024 * 1024)
@@ -93,10 +127,33 @@ class TopicConfig:
             )
         _validate_int(self.segment_bytes, "segment_bytes", 4096, 2**40)
         _validate_int(self.segment_ms, "segment_ms", 1000, 2**40)
+        validate_retention(self.retention_ms, self.retention_bytes)
+        if not self.segment_ms <= self.retention_ms <= MAX_RETENTION_MS:
+            raise InvalidArgument(
+                f"retention_ms: must be at least segment_ms ({self.segment_ms}) and at most "
+                f"{MAX_RETENTION_MS}, got {self.retention_ms}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_retention(
+        self, retention_ms: int | None = None, retention_bytes: int | None = None
+    ) -> TopicConfig:
+        """The config with new retention settings (None: unchanged), checked whole."""
+        changed = self
+        if retention_ms is not None:
+            changed = replace(changed, retention_ms=retention_ms)
+        if retention_bytes is not None:
+            changed = replace(changed, retention_bytes=retention_bytes)
+        return changed.validated()
+
+    def for_topic(self, name: str) -> TopicConfig:
+        """``.diverged.`` archives keep the default retention of 30 days, not 7."""
+        if ARCHIVE_MARKER in name and self.retention_ms == TopicConfig.retention_ms:
+            return replace(self, retention_ms=ARCHIVE_RETENTION_MS)
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TopicConfig:

@@ -635,7 +635,7 @@ class AvailabilityProbe:
             mirror = TopicStore(self._zk(dc)).get(topic).mirror
         except TalosError:
             return False
-        return not mirror or bool(mirror.get("promoted"))
+        return mirror is None or mirror.writable
 
     def sample(self) -> dict[str, bool]:
         from mirror.failover import BrokerReader

@@ -24,10 +24,12 @@ from talos.errors import InvalidArgument
 from topology.model import (
     BYTES_PER_MB,
     DEFAULT_OFFSET_SYNC_INTERVAL_S,
+    GAP_POLICIES,
     MAX_OFFSET_SYNC_INTERVAL_S,
     MAX_WORKERS,
     NAMING_POLICIES,
     Datacenter,
+    GapPolicy,
     HostSpec,
     Link,
     NamingPolicy,
@@ -49,7 +51,7 @@ Key = tuple[str | int, ...]
 _DC_REQUIRED = ("zookeeper", "store", "brokers")
 _DC_OPTIONAL = ("cluster", "hosts", "failover_to")
 _LINK_REQUIRED = ("source", "target", "topics")
-_LINK_OPTIONAL = ("naming", "bandwidth_mb_s", "offset_sync_interval_s", "workers")
+_LINK_OPTIONAL = ("naming", "bandwidth_mb_s", "offset_sync_interval_s", "workers", "on_gap")
 _TOPIC_REQUIRED = ("name", "dc", "partitions")
 _TOPIC_OPTIONAL = ("durability",)
 
@@ -472,6 +474,11 @@ def _link(ctx: _Context, index: int, raw: object, datacenters: dict[str, Datacen
             MAX_OFFSET_SYNC_INTERVAL_S,
         )
     workers = ctx.integer(table.get("workers", 1), (*at, "workers"), 1, MAX_WORKERS)
+    gap_at = (*at, "on_gap")
+    gap_text = ctx.string(table.get("on_gap", "stop"), gap_at)
+    if gap_text not in GAP_POLICIES:
+        ctx.fail(gap_at, f"must be one of {', '.join(GAP_POLICIES)}, got {gap_text!r}")
+    on_gap: GapPolicy = gap_text
     return Link(
         source=source,
         target=target,
@@ -480,6 +487,7 @@ def _link(ctx: _Context, index: int, raw: object, datacenters: dict[str, Datacen
         bandwidth_bytes_s=bandwidth,
         offset_sync_interval_s=interval,
         workers=workers,
+        on_gap=on_gap,
     )
 
 
@@ -625,6 +633,7 @@ def dump_topology(topology: Topology) -> str:
             out.append(f"bandwidth_mb_s = {_toml_value(_bandwidth_mb(link.bandwidth_bytes_s))}")
         out.append(f"offset_sync_interval_s = {_toml_value(float(link.offset_sync_interval_s))}")
         out.append(f"workers = {_toml_value(link.workers)}")
+        out.append(f"on_gap = {_toml_value(link.on_gap)}")
     for topic in topology.topics:
         out += ["", "[[topic]]"]
         out.append(f"name = {_toml_value(topic.name)}")

@@ -27,6 +27,9 @@ NamingPolicy = Literal["identity", "prefixed"]
 StoreKind = Literal["posix", "hdfs"]
 
 NAMING_POLICIES: tuple[NamingPolicy, ...] = ("identity", "prefixed")
+#: What a link does when the source deleted offsets it had not copied yet (retention).
+GapPolicy = Literal["stop", "skip"]
+GAP_POLICIES: tuple[GapPolicy, ...] = ("stop", "skip")
 DEFAULT_OFFSET_SYNC_INTERVAL_S = 5.0
 DEFAULT_SSH_PORT = 22
 #: ``bandwidth_mb_s`` counts decimal megabytes, as throughput figures usually do.
@@ -386,6 +389,7 @@ class Link:
     bandwidth_bytes_s: int | None = None
     offset_sync_interval_s: float = DEFAULT_OFFSET_SYNC_INTERVAL_S
     workers: int = 1
+    on_gap: GapPolicy = "stop"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topics", tuple(self.topics))

@@ -19,21 +19,24 @@ import bisect
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from talos.clock import Clock
-from talos.config import TopicConfig
+from talos.config import UNLIMITED, TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.errors import (
+    CoordinationError,
     CorruptBatch,
+    Fenced,
     Gap,
     MirrorDiverged,
     NotOwner,
     OffsetOutOfRange,
     StorageError,
     TalosError,
+    UnknownTopic,
 )
 from talos.record.batch import (
     BatchHeader,
@@ -45,8 +48,10 @@ from talos.record.batch import (
 from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
+    partition_dir,
     read_batches,
     scan_segment,
+    segment_of_file,
     segment_path,
     should_roll,
 )
@@ -60,6 +65,7 @@ log = logging.getLogger(__name__)
 # How much of the log tail is read to rebuild idempotent-producer state.
 PRODUCER_STATE_TAIL_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
+RETIRE_ATTEMPTS = 20
 
 
 @dataclass
@@ -80,6 +86,13 @@ class SealedSegment:
     size: int
     path: str
     _entries: list[seg_index.IndexEntry] | None = None
+    epoch: int = 0
+    max_timestamp: int = -1  # -1: not recorded; read from the time index when needed
+
+    def newest_timestamp(self, store: LogStore) -> int:
+        if self.max_timestamp < 0 and self.size > 0:
+            self.max_timestamp = max((e.max_timestamp for e in self.entries(store)), default=-1)
+        return self.max_timestamp
 
     def entries(self, store: LogStore) -> list[seg_index.IndexEntry]:
         if self._entries is None:
@@ -101,6 +114,7 @@ class OpenSegment:
     offsets: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     max_timestamps: list[int] = field(default_factory=list)
+    max_timestamp: int = -1  # the newest record timestamp written so far
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class PartitionLog:
         *,
         cluster: str,
         topic: str,
+        incarnation: str,
         partition: int,
         config: TopicConfig,
         broker_id: str,
@@ -129,6 +144,8 @@ class PartitionLog:
     ) -> None:
         self.cluster = cluster
         self.topic = topic
+        #: The topic incarnation this log belongs to: part of its identity and paths.
+        self.incarnation = incarnation
         self.partition = partition
         self.key = (topic, partition)
         self.config = config
@@ -151,6 +168,7 @@ class PartitionLog:
         self._pending: list[PendingAppend] = []
         self._scheduled = False
         self._release_requested = False
+        self._retention_requested = False
         self._waiters: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()  # set (on the loop) once serving or given up
 
@@ -159,6 +177,12 @@ class PartitionLog:
     def start(self) -> None:
         self.executor.pin(self.key)
         self._schedule()
+
+    def enforce_retention(self) -> None:
+        """Ask the worker to delete what the topic's retention no longer keeps."""
+        if self.status == "serving":
+            self._retention_requested = True
+            self._schedule()
 
     def release(self) -> None:
         """Stop serving (the assignment moved); the next owner fences our segment."""
@@ -222,6 +246,9 @@ class PartitionLog:
                 self._give_up("released", "partition was reassigned")
             if self.status == "serving" and group:
                 self._append_all(group)
+            if self.status == "serving" and self._retention_requested:
+                self._retention_requested = False
+                self._apply_retention()
         except TalosError as exc:
             self._give_up("fenced" if isinstance(exc, NotOwner) else "failed", str(exc))
             self._finish(group, exc)
@@ -243,6 +270,11 @@ class PartitionLog:
     def _take_over(self) -> None:
         states, topic, partition = self.states, self.topic, self.partition
         state = states.get(topic, partition)
+        if state.incarnation != self.incarnation:
+            raise self._not_owner(
+                f"topic incarnation is {state.incarnation}, this log belongs to "
+                f"{self.incarnation} (the topic was deleted and recreated)"
+            )
         state = states.compare_and_set(
             topic, partition, state.with_owner(self.broker_id), state.version
         )
@@ -253,9 +285,17 @@ class PartitionLog:
         log_end = state.sealed_end
         self.log_start = state.log_start
         self._sealed = tuple(
-            SealedSegment(s.base_offset, s.end_offset or s.base_offset, s.size or 0, self._path(s))
+            SealedSegment(
+                s.base_offset,
+                s.end_offset or s.base_offset,
+                s.size or 0,
+                self._path(s),
+                epoch=s.epoch,
+                max_timestamp=s.max_timestamp,
+            )
             for s in state.segments
         )
+        self._remove_dead_files(state)  # a crash between retention's CAS and its deletes
         self._rebuild_producer_state()
         state = states.compare_and_set(
             topic, partition, state.with_new_segment(log_end, self.epoch), state.version
@@ -284,7 +324,9 @@ class PartitionLog:
             scan = None
         end = scan.next_offset if scan else previous.base_offset
         size = scan.valid_bytes if scan else 0
-        sealed = state.with_sealed(previous.base_offset, end, size)
+        sealed = state.with_sealed(
+            previous.base_offset, end, size, scan.max_timestamp if scan else -1
+        )
         if sealed is not state:
             state = self.states.compare_and_set(self.topic, self.partition, sealed, state.version)
         if scan is not None and scan.entries:
@@ -325,13 +367,35 @@ class PartitionLog:
                 position += consumed
 
     def _open_segment(self, base_offset: int) -> None:
-        path = segment_path(self.cluster, self.topic, self.partition, base_offset, self.epoch)
+        """Create our registered segment, then confirm we still own the partition.
+
+        A topic delete that fenced the registered segment before its file
+        existed removes the marker with the topic's files; the confirmation
+        read sees the delete's epoch bump instead, so we never serve a file
+        nobody will fence.
+        """
+        path = self._path(SegmentInfo(base_offset, self.epoch))
         stream = self.store.open_append(path, create=True)
         self._open = OpenSegment(base_offset, path, self.clock.wall_ms(), stream)
+        now = self.states.get(self.topic, self.partition)
+        if (now.incarnation, now.epoch, now.owner) != (
+            self.incarnation,
+            self.epoch,
+            self.broker_id,
+        ):
+            raise self._not_owner(
+                f"partition moved to epoch {now.epoch} ({now.owner or 'no owner'}) "
+                "while our segment was being created"
+            )
 
     def _path(self, segment: SegmentInfo) -> str:
         return segment_path(
-            self.cluster, self.topic, self.partition, segment.base_offset, segment.epoch
+            self.cluster,
+            self.topic,
+            self.partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=self.incarnation,
         )
 
     def _append_all(self, group: list[PendingAppend]) -> None:
@@ -372,6 +436,8 @@ class PartitionLog:
         segment.stream.flush(Durability(self.config.durability))
         if self.store.exists(fence_marker_path(segment.path)):
             raise self._not_owner(f"segment {segment.path} was fenced by a newer owner")
+        if not self.store.exists(segment.path):  # the topic was deleted (markers and all)
+            raise self._not_owner(f"segment {segment.path} was deleted with its topic")
 
     def _mirror_append(self, pending: PendingAppend) -> None:
         headers = pending.mirror_headers
@@ -406,6 +472,7 @@ class PartitionLog:
                 segment.offsets.append(header.base_offset)
                 segment.positions.append(position)
                 segment.max_timestamps.append(header.max_timestamp)
+                segment.max_timestamp = max(segment.max_timestamp, header.max_timestamp)
                 self._producers.record(_identity(header), header.base_offset)
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
@@ -481,6 +548,7 @@ class PartitionLog:
             segment.offsets.extend(new_offsets)
             segment.positions.extend(new_positions)
             segment.max_timestamps.extend(new_timestamps)
+            segment.max_timestamp = max(segment.max_timestamp, *new_timestamps)
             self._committed = Committed(next_offset, committed.open_size + len(buffer))
         self._resolve(results)
 
@@ -489,7 +557,7 @@ class PartitionLog:
         segment, state, committed = self._open, self._state, self._committed
         assert segment is not None and state is not None
         new_state = state.with_sealed(
-            segment.base_offset, committed.log_end, committed.open_size
+            segment.base_offset, committed.log_end, committed.open_size, segment.max_timestamp
         ).with_new_segment(committed.log_end, self.epoch)
         try:
             self._state = self.states.compare_and_set(
@@ -504,11 +572,68 @@ class PartitionLog:
         except StorageError as exc:
             log.warning("could not write indexes for %s: %s", segment.path, exc)
         sealed = SealedSegment(
-            segment.base_offset, committed.log_end, committed.open_size, segment.path, entries
+            segment.base_offset,
+            committed.log_end,
+            committed.open_size,
+            segment.path,
+            entries,
+            epoch=self.epoch,
+            max_timestamp=segment.max_timestamp,
         )
         self._open_segment(committed.log_end)
         self._sealed = (*self._sealed, sealed)
         self._committed = Committed(committed.log_end, 0)
+
+    def _apply_retention(self) -> None:
+        """Retention (issue 12 §1): CAS the new log start first, then delete the files.
+
+        A crash in between leaves only orphan files below the log start, which the
+        next owner removes at takeover; no reader is served below the new start.
+        """
+        state, sealed = self._state, self._sealed
+        assert state is not None
+        cut = retention_cut(
+            sealed,
+            self._committed.open_size,
+            self.clock.wall_ms(),
+            self.config.retention_ms,
+            self.config.retention_bytes,
+            lambda segment: segment.newest_timestamp(self.store),
+        )
+        if cut is None or cut <= self.log_start:
+            return
+        try:
+            self._state = self.states.compare_and_set(
+                self.topic, self.partition, state.with_log_start(cut), state.version
+            )
+        except TalosError as exc:
+            raise self._not_owner(f"retention refused: {exc}") from exc
+        self.log_start = cut
+        self._sealed = tuple(s for s in sealed if not (s.base_offset < cut and s.end_offset <= cut))
+        log.info("%s/%d: retention moved the log start to %d", self.topic, self.partition, cut)
+        self._remove_dead_files(self._state)
+
+    def _remove_dead_files(self, state: PartitionState) -> None:
+        """Delete the files of segments below the log start that the state no longer lists
+        (retention's deletes, or their orphans after a crash). Failures are left for the
+        next run: the state no longer refers to these files."""
+        live = {(s.base_offset, s.epoch) for s in state.segments}
+        directory = partition_dir(
+            self.cluster, self.topic, self.partition, incarnation=self.incarnation
+        )
+        try:
+            names = self.store.list_dir(directory)
+        except StorageError as exc:
+            log.warning("listing %s for retention failed: %s", directory, exc)
+            return
+        for name in names:
+            owner = segment_of_file(name)
+            if owner is None or owner[0] >= state.log_start or owner in live:
+                continue
+            try:
+                self.store.delete(f"{directory}/{name}")
+            except StorageError as exc:
+                log.warning("deleting %s/%s failed: %s", directory, name, exc)
 
     def _give_up(self, status: str, why: str) -> None:
         if self.status in ("fenced", "released", "failed"):
@@ -556,7 +681,14 @@ class PartitionLog:
         committed, sealed, segment = self._committed, self._sealed, self._open
         if offset == committed.log_end:
             return b""
-        if offset < self.log_start or offset > committed.log_end:
+        if offset < self.log_start:
+            raise OffsetOutOfRange(
+                f"offset: {offset} is below the log start {self.log_start} of "
+                f"{self.topic}/{self.partition} (removed by retention)",
+                log_start=self.log_start,
+                log_end=committed.log_end,
+            )
+        if offset > committed.log_end:
             raise OffsetOutOfRange(
                 f"offset: {offset} is outside {self.topic}/{self.partition} "
                 f"[{self.log_start}, {committed.log_end}]",
@@ -568,7 +700,12 @@ class PartitionLog:
             index = bisect.bisect_right(segment.offsets, offset, 0, count) - 1
             position = segment.positions[max(index, 0)]
             return read_batches(self.store, segment.path, position, max_bytes, committed.open_size)
-        for sealed_segment in sealed:
+        # The last segment starting at or before offset (an empty fenced segment shares
+        # its base with its successor, which comes after it); a bisect, not a walk:
+        # a partition may hold tens of thousands of segments.
+        at = bisect.bisect_right(sealed, offset, key=lambda s: s.base_offset) - 1
+        if at >= 0:
+            sealed_segment = sealed[at]
             if sealed_segment.base_offset <= offset < sealed_segment.end_offset:
                 entries = sealed_segment.entries(self.store)
                 i = bisect.bisect_right(entries, offset, key=lambda e: e.offset)
@@ -638,6 +775,81 @@ class PartitionLog:
             "log_end": self._committed.log_end,
             "segments": len(self._sealed) + (1 if self._open else 0),
         }
+
+
+def retention_cut(
+    sealed: Sequence[SealedSegment],
+    open_size: int,
+    now_ms: int,
+    retention_ms: int,
+    retention_bytes: int,
+    newest_timestamp: Callable[[SealedSegment], int],
+) -> int | None:
+    """The new log start retention asks for (the end of the last sealed segment to
+    delete, oldest first), or None to delete nothing.
+
+    A segment goes when its newest record is more than ``retention_ms`` old, or
+    while the partition (sealed sizes plus the open segment) exceeds
+    ``retention_bytes`` (UNLIMITED: never). The walk stops at the first segment
+    that stays, so the log keeps no holes; the open segment always stays.
+    """
+    total = sum(segment.size for segment in sealed) + open_size
+    cut: int | None = None
+    for segment in sealed:
+        if segment.size == 0:
+            continue  # an empty fenced segment: goes with the next one that goes
+        too_big = retention_bytes != UNLIMITED and total > retention_bytes
+        if not too_big:
+            newest = newest_timestamp(segment)
+            if newest < 0 or now_ms - newest <= retention_ms:
+                break
+        cut = segment.end_offset
+        total -= segment.size
+    return cut
+
+
+def retire_partition(
+    states: PartitionStateStore,
+    store: LogStore,
+    cluster: str,
+    topic: str,
+    incarnation: str,
+    partition: int,
+) -> None:
+    """Fence a partition of a topic being deleted, as a takeover would (DESIGN §4).
+
+    The epoch moves to nobody first, so the owner's next compare-and-set
+    fails; then its open segment gets its ``.fenced`` marker, so an owner
+    paused through the delete acknowledges nothing more on resuming. Deleting
+    the files afterwards removes the marker, so the ack check also refuses a
+    segment file that no longer exists.
+    """
+    for _ in range(RETIRE_ATTEMPTS):
+        try:
+            state = states.get(topic, partition)
+            if state.incarnation != incarnation:
+                return  # that incarnation is gone already
+            state = states.compare_and_set(topic, partition, state.retired(), state.version)
+            break
+        except Fenced:
+            continue  # the owner rolled meanwhile: retire what it registered
+        except UnknownTopic:
+            return
+    else:
+        raise CoordinationError(
+            f"deleting {topic}/{partition}: its owner kept moving it; retry the delete"
+        )
+    segment = state.open_segment
+    if segment is not None:
+        path = segment_path(
+            cluster,
+            topic,
+            partition,
+            segment.base_offset,
+            segment.epoch,
+            incarnation=state.incarnation,
+        )
+        store.create_exclusive(fence_marker_path(path))
 
 
 def _identity(header: BatchHeader) -> BatchIdentity:

@@ -30,15 +30,19 @@ from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.storage.posix import PosixLogStore
+from talos.storage.segment import topic_dir
 from talos.storage.store import LogStore
 
 from .executor import PartitionExecutor
-from .partition import PartitionLog
+from .partition import PartitionLog, retire_partition
 from .service import BrokerService, topic_config_to_proto
 
 log = logging.getLogger(__name__)
 
 RETAKE_DELAY_S = 1.0
+#: How often each served partition checks its retention (cheap: in-memory sizes and
+#: timestamps until the first segment that stays).
+RETENTION_CHECK_S = 1.0
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -195,6 +199,7 @@ class Broker:
             clock=self.clock,
         )
         self.controller.start()
+        self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
         log.info("broker %s serving on %s", self.broker_id, self.address)
 
     async def serve_until_stopped(self) -> None:
@@ -247,14 +252,22 @@ class Broker:
             for key, owner in self.assignment.owners.items()
             if owner == self.broker_id and key[0] in topics and key[1] < topics[key[0]].partitions
         }
-        for key in [k for k in self.logs if k not in mine]:
+        for key in [
+            k
+            for k in self.logs
+            if k not in mine or self.logs[k].incarnation != topics[k[0]].incarnation
+        ]:
+            # Not ours any more, or a log of a deleted incarnation of the topic: drop it.
             plog = self.logs.pop(key)
             plog.release()
+        for key, plog in self.logs.items():
+            plog.config = topics[key[0]].config  # an altered retention applies at once
         for key in mine - set(self.logs):
             meta = topics[key[0]]
             plog = PartitionLog(
                 cluster=self.config.cluster,
                 topic=key[0],
+                incarnation=meta.incarnation,
                 partition=key[1],
                 config=meta.config,
                 broker_id=self.broker_id,
@@ -268,12 +281,26 @@ class Broker:
             self.logs[key] = plog
             plog.start()
 
+    def _retention_tick(self) -> None:
+        if self._stopped.is_set() or self._loop is None or self._loop.is_closed():
+            return
+        for plog in list(self.logs.values()):
+            plog.enforce_retention()
+        self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
+
     def _on_lost(self, plog: PartitionLog, why: str) -> None:
         if self.logs.get(plog.key) is plog:
             del self.logs[plog.key]
             if self._loop is not None and plog.status != "released":
-                # Still assigned to us? Take it over afresh (a new epoch) after a pause.
-                self._loop.call_later(RETAKE_DELAY_S, self._reconcile)
+                # Still assigned to us? Take it over afresh (a new epoch) after a pause,
+                # with the topic re-read: it may have been deleted and recreated.
+                self._loop.call_later(RETAKE_DELAY_S, self._retake, plog.topic)
+
+    def _retake(self, topic: str) -> None:
+        if self._loop is None or self._stopped.is_set():
+            return
+        task = self._loop.create_task(self.topic_cache.refresh_async(topic))
+        task.add_done_callback(lambda _: self._reconcile())
 
     # ---- helpers for the service --------------------------------------------
 
@@ -286,6 +313,11 @@ class Broker:
         plog = self.logs.get((topic, partition))
         if plog is None or plog.status not in ("new", "serving"):
             raise NotOwner(f"broker {self.broker_id} does not own {topic}/{partition}")
+        if plog.incarnation != meta.incarnation:  # retriable: the new incarnation is taken next
+            raise NotOwner(
+                f"broker {self.broker_id} still holds incarnation {plog.incarnation} of "
+                f"{topic}/{partition}; the topic is now incarnation {meta.incarnation}"
+            )
         if serving and plog.status != "serving":
             raise NotOwner(f"broker {self.broker_id} is still taking over {topic}/{partition}")
         return plog
@@ -328,8 +360,16 @@ class Broker:
     def allocate_producer_id(self) -> int:
         return allocate_producer_id(self.zk)
 
-    def delete_topic_data(self, name: str) -> None:
-        self.store.delete_tree(f"{self.config.cluster}/{name}")
+    def delete_topic(self, name: str) -> None:
+        """Fence every partition (its owner acknowledges nothing more), remove the topic
+        and its group offsets from ZooKeeper, then its incarnation's files."""
+        meta = self.topics.get(name)
+        for partition in range(meta.partitions):
+            retire_partition(
+                self.states, self.store, self.config.cluster, name, meta.incarnation, partition
+            )
+        self.topics.delete(name, meta.incarnation)
+        self.store.delete_tree(topic_dir(self.config.cluster, name, meta.incarnation))
 
 
 def _close_zk(zk: KazooClient) -> None:

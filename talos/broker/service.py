@@ -44,6 +44,8 @@ def topic_config_to_proto(config: cfg.TopicConfig) -> pb.TopicConfig:
         durability=config.durability,
         segment_bytes=config.segment_bytes,
         segment_ms=config.segment_ms,
+        retention_ms=config.retention_ms,
+        retention_bytes=config.retention_bytes,
     )
 
 
@@ -55,6 +57,8 @@ def topic_config_from_proto(message: pb.TopicConfig) -> cfg.TopicConfig:
         durability=message.durability or defaults.durability,
         segment_bytes=message.segment_bytes or defaults.segment_bytes,
         segment_ms=message.segment_ms or defaults.segment_ms,
+        retention_ms=message.retention_ms or defaults.retention_ms,
+        retention_bytes=message.retention_bytes or defaults.retention_bytes,
     ).validated()
 
 
@@ -143,10 +147,10 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             try:
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
-                if meta is not None and meta.mirror and not meta.mirror.get("promoted"):
+                if meta is not None and meta.mirror is not None and not meta.mirror.writable:
                     raise ReadOnlyMirror(
-                        f"topic: {batch.topic!r} is a mirror of link "
-                        f"{meta.mirror.get('link', '?')}; it is read-only until promoted"
+                        f"topic: {batch.topic!r} is a mirror of link {meta.mirror.link} "
+                        f"({meta.mirror.phase.value}); it is read-only until promoted"
                     )
                 header = verify_single_batch(batch.records)
                 limit = plog.config.max_message_bytes
@@ -182,14 +186,11 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             plog = broker.owned_log(request.topic, request.partition)
             meta = broker.topic_cache.get(request.topic)
             mirror = meta.mirror if meta is not None else None
-            if not mirror:
+            if mirror is None:
                 raise InvalidArgument(f"topic: {request.topic!r} is not a mirror topic")
-            if mirror.get("promoted") or int(mirror.get("epoch", 0)) != request.mirror_epoch:
-                raise Fenced(
-                    f"link {request.link}: {request.topic!r} is at mirror epoch "
-                    f"{mirror.get('epoch', 0)} (promoted: {bool(mirror.get('promoted'))}); "
-                    f"appends for epoch {request.mirror_epoch} are refused"
-                )
+            refusal = mirror.append_refusal(request.link, request.mirror_epoch)
+            if refusal:
+                raise Fenced(f"link {request.link}: {request.topic!r}: {refusal}")
             headers = mirror_batches(request.records, request.expected_offset)
             log_end = await plog.submit_mirror(request.records, headers, request.expected_offset)
             return pb.MirrorAppendResponse(log_end=log_end)
@@ -292,11 +293,28 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         cfg.validate_topic_name(request.name, "name")
-        await self._coord(
-            lambda: self.broker.topics.add_partitions(
-                request.name, request.partitions, param="partitions"
+        retention_ms = request.retention_ms or None
+        retention_bytes = request.retention_bytes or None
+        retention = retention_ms is not None or retention_bytes is not None
+        if not retention and not request.partitions:
+            raise InvalidArgument(
+                "alter: give partitions, retention_ms or retention_bytes (nothing to change)"
             )
-        )
+        if retention:  # checked before anything is stored: bad input changes nothing
+            meta = await self._coord(lambda: self.broker.topics.get(request.name))
+            meta.config.with_retention(retention_ms, retention_bytes)
+        if request.partitions:
+            await self._coord(
+                lambda: self.broker.topics.add_partitions(
+                    request.name, request.partitions, param="partitions"
+                )
+            )
+        if retention:
+            await self._coord(
+                lambda: self.broker.topics.alter_retention(
+                    request.name, retention_ms, retention_bytes
+                )
+            )
         await self.broker.topic_cache.refresh_async(request.name)
         return pb.AdminResponse()
 
@@ -305,9 +323,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AdminResponse:
         cfg.validate_topic_name(request.name, "name")
-        await self._coord(lambda: self.broker.topics.delete(request.name))
+        await self._coord(lambda: self.broker.delete_topic(request.name))
         await self.broker.topic_cache.refresh_async(request.name)
-        await self._coord(lambda: self.broker.delete_topic_data(request.name))
         return pb.AdminResponse()
 
     @replies_with_error(pb.ListTopicsResponse)

@@ -9,9 +9,10 @@ from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import (
     TopicConfig,
     validate_partition_count,
+    validate_retention,
     validate_topic_name,
 )
-from talos.errors import TalosError, TalosTimeout
+from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
 from talos.wire import raise_for
 
@@ -25,6 +26,8 @@ class PartitionDescription:
     owner_id: str
     owner_address: str
     log_end: int
+    #: Offsets below it were removed by retention; -1 when the owner did not answer.
+    log_start: int = -1
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,37 @@ class Admin:
                     durability=config.durability,
                     segment_bytes=config.segment_bytes,
                     segment_ms=config.segment_ms,
+                    retention_ms=config.retention_ms,
+                    retention_bytes=config.retention_bytes,
                 ),
             ),
         )
 
-    def alter_topic(self, name: str, partitions: int) -> None:
+    def alter_topic(
+        self,
+        name: str,
+        partitions: int | None = None,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> None:
+        """Grow the partition count and/or change retention (None: unchanged).
+        The broker checks the new retention against the topic's other settings."""
         validate_topic_name(name, "name")
-        validate_partition_count(partitions)
-        self._admin("AlterTopic", pb.AlterTopicRequest(name=name, partitions=partitions))
+        if partitions is not None:
+            validate_partition_count(partitions)
+        validate_retention(retention_ms, retention_bytes)
+        if partitions is None and retention_ms is None and retention_bytes is None:
+            raise InvalidArgument("alter_topic: give partitions, retention_ms or retention_bytes")
+        self._admin(
+            "AlterTopic",
+            pb.AlterTopicRequest(
+                name=name,
+                partitions=partitions or 0,
+                retention_ms=retention_ms or 0,
+                retention_bytes=retention_bytes or 0,
+            ),
+        )
 
     def delete_topic(self, name: str) -> None:
         validate_topic_name(name, "name")
@@ -101,6 +127,7 @@ class Admin:
         route = self.router.route(name)
         brokers = self.router.brokers
         log_ends = list(route.log_ends)
+        log_starts = [-1] * len(log_ends)
         for owner in sorted({o for o in route.owners if o in brokers}):
             try:
                 response: pb.MetadataResponse = self.connections.call(
@@ -112,11 +139,12 @@ class Admin:
                 for p in info.partitions:
                     if p.partition < len(log_ends) and route.owners[p.partition] == owner:
                         log_ends[p.partition] = p.log_end
+                        log_starts[p.partition] = p.log_start
         return TopicDescription(
             name=name,
             config=route.config,
             partitions=tuple(
-                PartitionDescription(p, owner, brokers.get(owner, ""), log_ends[p])
+                PartitionDescription(p, owner, brokers.get(owner, ""), log_ends[p], log_starts[p])
                 for p, owner in enumerate(route.owners)
             ),
         )

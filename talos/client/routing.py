@@ -72,6 +72,8 @@ class Router:
                         durability=info.config.durability,
                         segment_bytes=info.config.segment_bytes,
                         segment_ms=info.config.segment_ms,
+                        retention_ms=info.config.retention_ms or TopicConfig.retention_ms,
+                        retention_bytes=info.config.retention_bytes or TopicConfig.retention_bytes,
                     ),
                     owners=tuple(p.owner_id for p in info.partitions),
                     log_ends=tuple(p.log_end for p in info.partitions),

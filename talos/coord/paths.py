@@ -46,6 +46,17 @@ def topic(name: str) -> str:
     return f"{TOPICS}/{name}"
 
 
+def incarnations(topic_name: str) -> str:
+    return f"{TOPICS}/{topic_name}/incarnations"
+
+
+def incarnation(topic_name: str, incarnation_id: str) -> str:
+    """An empty znode named by the topic's incarnation: every partition-state
+    compare-and-set checks it in the same transaction, so a write meant for a
+    deleted topic fails even when a recreated znode reached the same version."""
+    return f"{incarnations(topic_name)}/{incarnation_id}"
+
+
 def partitions(topic_name: str) -> str:
     return f"{TOPICS}/{topic_name}/partitions"
 
@@ -54,8 +65,18 @@ def partition(topic_name: str, partition_id: int) -> str:
     return f"{TOPICS}/{topic_name}/partitions/{partition_id}"
 
 
+def partition_chunk(topic_name: str, partition_id: int, chunk: str) -> str:
+    """An immutable chunk of a partition's older sealed segments (issue 12 §3): a child
+    of the partition-state znode, which lists its chunks."""
+    return f"{partition(topic_name, partition_id)}/{chunk}"
+
+
 def group(name: str) -> str:
     return f"{GROUPS}/{name}"
+
+
+def group_offsets_root(name: str) -> str:
+    return f"{GROUPS}/{name}/offsets"
 
 
 def group_members(name: str) -> str:

@@ -177,16 +177,20 @@ class PartitionInfo(_message.Message):
     def __init__(self, partition: _Optional[int] = ..., owner_id: _Optional[str] = ..., epoch: _Optional[int] = ..., log_start: _Optional[int] = ..., log_end: _Optional[int] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
-    __slots__ = ("max_message_bytes", "durability", "segment_bytes", "segment_ms")
+    __slots__ = ("max_message_bytes", "durability", "segment_bytes", "segment_ms", "retention_ms", "retention_bytes")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     durability: str
     segment_bytes: int
     segment_ms: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., durability: _Optional[str] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ...) -> None: ...
+    retention_ms: int
+    retention_bytes: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., durability: _Optional[str] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ...) -> None: ...
 
 class TopicInfo(_message.Message):
     __slots__ = ("name", "error", "partitions", "config")
@@ -229,12 +233,16 @@ class CreateTopicRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ..., config: _Optional[_Union[TopicConfig, _Mapping]] = ...) -> None: ...
 
 class AlterTopicRequest(_message.Message):
-    __slots__ = ("name", "partitions")
+    __slots__ = ("name", "partitions", "retention_ms", "retention_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     partitions: int
-    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ...) -> None: ...
+    retention_ms: int
+    retention_bytes: int
+    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ...) -> None: ...
 
 class DeleteTopicRequest(_message.Message):
     __slots__ = ("name",)

@@ -1,9 +1,10 @@
 """Segment files: naming, the takeover scan, the roll decision and whole-batch reads.
 
 A partition's log is a run of segment files
-``<cluster>/<topic>/<partition>/<base_offset:020d>.<epoch>.log`` (DESIGN §3), each
-a plain concatenation of record batches. The zero padding makes a directory
-listing sort by base offset; the epoch says which owner wrote the file.
+``<cluster>/<topic>/<incarnation>/<partition>/<base_offset:020d>.<epoch>.log``
+(DESIGN §3), each a plain concatenation of record batches. The incarnation keeps a
+recreated topic's files apart from the deleted one's; the zero padding makes a
+directory listing sort by base offset; the epoch says which owner wrote the file.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ __all__ = [
     "read_batches",
     "scan_segment",
     "segment_name",
+    "segment_of_file",
     "segment_path",
     "should_roll",
     "time_index_path",
+    "topic_dir",
 ]
 
 
@@ -58,11 +61,17 @@ def _check_int(value: object, param: str, low: int, high: int = MAX_OFFSET) -> i
     return value
 
 
-def partition_dir(cluster: str, topic: str, partition: int) -> str:
+def topic_dir(cluster: str, topic: str, incarnation: str) -> str:
+    """Where one incarnation of a topic keeps its files."""
     validate_topic_name(cluster, "cluster")
     validate_topic_name(topic, "topic")
+    validate_topic_name(incarnation, "incarnation")
+    return f"{cluster}/{topic}/{incarnation}"
+
+
+def partition_dir(cluster: str, topic: str, partition: int, *, incarnation: str) -> str:
     _check_int(partition, "partition", 0)
-    return f"{cluster}/{topic}/{partition}"
+    return f"{topic_dir(cluster, topic, incarnation)}/{partition}"
 
 
 def segment_name(base_offset: int, epoch: int) -> str:
@@ -82,8 +91,22 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
     return base, epoch
 
 
-def segment_path(cluster: str, topic: str, partition: int, base_offset: int, epoch: int) -> str:
-    return f"{partition_dir(cluster, topic, partition)}/{segment_name(base_offset, epoch)}"
+_SEGMENT_FILE = re.compile(r"^(\d{20})\.(\d+)\.")
+
+
+def segment_of_file(name: str) -> tuple[int, int] | None:
+    """(base_offset, epoch) of a segment's file or one of its siblings (``.log``,
+    ``.index``, ``.timeindex``, ``.log.fenced``); None for any other name."""
+    m = _SEGMENT_FILE.match(name)
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
+
+
+def segment_path(
+    cluster: str, topic: str, partition: int, base_offset: int, epoch: int, *, incarnation: str
+) -> str:
+    """``incarnation`` is the topic's (PartitionState.incarnation / TopicMeta.incarnation)."""
+    directory = partition_dir(cluster, topic, partition, incarnation=incarnation)
+    return f"{directory}/{segment_name(base_offset, epoch)}"
 
 
 def fence_marker_path(segment_path: str) -> str:

@@ -86,6 +86,7 @@ class LocalCluster:
         zookeeper: ZooKeeperServer | None = None,
         max_queued_bytes: int | None = None,
         advertised_host: str = "",
+        clock_offset_file: str = "",
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
@@ -96,6 +97,8 @@ class LocalCluster:
         self.max_queued_bytes = max_queued_bytes  # None: the broker's default
         # Brokers listen on 127.0.0.1 but may tell clients another address (a WAN proxy).
         self.advertised_host = advertised_host
+        # Brokers add the integer (ms) in this file to their wall clock (an injected clock).
+        self.clock_offset_file = clock_offset_file
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -132,6 +135,7 @@ class LocalCluster:
             "--reassign-delay-ms",
             str(self.reassign_delay_ms),
             *(["--advertised-host", self.advertised_host] if self.advertised_host else []),
+            *(["--clock-offset-file", self.clock_offset_file] if self.clock_offset_file else []),
             *(
                 ["--max-queued-bytes", str(self.max_queued_bytes)]
                 if self.max_queued_bytes is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +31,33 @@ def cluster(
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path: Path, cluster_name: str, zk_server: ZooKeeperServer
+) -> Iterator[Callable[..., LocalCluster]]:
+    """``make_cluster(brokers=, session_timeout=)``: a started cluster like ``cluster``
+    with other settings; stopped after the test."""
+    made: list[LocalCluster] = []
+
+    def make(
+        brokers: int = 2, session_timeout: float = 3.0, clock_offset_file: str = ""
+    ) -> LocalCluster:
+        local = LocalCluster(
+            brokers=brokers,
+            data_dir=str(tmp_path / f"cluster-{len(made)}"),
+            cluster=cluster_name if not made else f"{cluster_name}-{len(made)}",
+            session_timeout=session_timeout,
+            zookeeper=zk_server,
+            clock_offset_file=clock_offset_file,
+        )
+        made.append(local)
+        local.start()
+        return local
+
+    try:
+        yield make
+    finally:
+        for local in made:
+            local.stop()

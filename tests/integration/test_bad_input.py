@@ -472,7 +472,8 @@ def test_broker_exits_when_data_dir_is_a_file(tmp_path: Path, zk_server: ZooKeep
 
 
 def _open_segment(cluster: LocalCluster, topic: str) -> Path:
-    directory = Path(cluster.store_dir) / cluster.cluster / topic / "0"
+    # one incarnation: <cluster>/<topic>/<incarnation>/<partition>
+    (directory,) = (Path(cluster.store_dir) / cluster.cluster / topic).glob("*/0")
     segments = [p for p in directory.iterdir() if parse_segment_name(p.name) is not None]
     assert len(segments) == 1, sorted(p.name for p in directory.iterdir())
     return segments[0]

@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.recipe.election import Election
 
+from mirror.state import new_mirror
 from talos.config import MAX_PARTITIONS, TopicConfig
 from talos.coord import paths
 from talos.coord.brokers import BrokerRegistry
@@ -23,7 +24,7 @@ from talos.coord.controller import (
     read_assignment,
 )
 from talos.coord.groups import GroupStore
-from talos.coord.partition_state import PartitionState, PartitionStateStore
+from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
 from talos.coord.producer_ids import allocate_producer_id
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
@@ -201,11 +202,11 @@ def test_topic_watch_and_mirror_field(zk: KazooClient) -> None:
     topics = TopicStore(zk)
     seen: list[list[str]] = []
     topics.watch(seen.append)
-    topics.create("b", 1, TopicConfig(), now_ms=1, mirror={"source": "dc1", "epoch": 1})
+    topics.create("b", 1, TopicConfig(), now_ms=1, mirror=new_mirror("dc1:dc2", "dc1", "b"))
     topics.create("a", 1, TopicConfig(), now_ms=1)
     wait_for(lambda: bool(seen) and seen[-1] == ["a", "b"], what="topic watch")
     assert seen[0] == []
-    assert topics.get("b").mirror == {"source": "dc1", "epoch": 1}
+    assert topics.get("b").mirror == new_mirror("dc1:dc2", "dc1", "b")
     assert topics.set_mirror("b", None).mirror is None
     assert topics.get("b").mirror is None
 
@@ -580,3 +581,76 @@ def test_leader_whose_session_expires_steps_down_and_rejoins(
     for _ in range(10):
         assert (ctrl_a.is_leader, ctrl_b.is_leader) == (False, True)
         time.sleep(0.05)
+
+
+def test_a_recreated_topic_is_a_new_incarnation_and_stale_cas_fails(zk: KazooClient) -> None:
+    """Issue 11 §1: a recreated partition znode reaches the same version again;
+    a compare-and-set meant for the deleted incarnation must still fail."""
+    topics, states = TopicStore(zk), PartitionStateStore(zk)
+    first = topics.create("again", 1, TopicConfig(), now_ms=1)
+    stale = states.get("again", 0)
+    assert stale.incarnation == first.incarnation != ""
+    topics.delete("again")
+    second = topics.create("again", 1, TopicConfig(), now_ms=2)
+    assert second.incarnation != first.incarnation
+    assert topics.get("again").incarnation == second.incarnation
+    fresh = states.get("again", 0)
+    assert (fresh.version, fresh.incarnation) == (stale.version, second.incarnation)
+    with pytest.raises(Fenced, match="incarnation"):
+        states.compare_and_set("again", 0, stale.with_owner("zombie"), stale.version)
+    assert states.get("again", 0) == fresh  # nothing written
+    # deleting by the old incarnation leaves the new one alone
+    with pytest.raises(UnknownTopic, match="incarnation"):
+        topics.delete("again", first.incarnation)
+    assert topics.get("again") == second
+
+
+def test_deleting_a_topic_removes_its_group_offsets(zk: KazooClient) -> None:
+    topics, groups = TopicStore(zk), GroupStore(zk)
+    topics.create("gone", 2, TopicConfig(), now_ms=1)
+    topics.create("kept", 1, TopicConfig(), now_ms=1)
+    groups.commit("g1", "", -1, {("gone", 0): 5, ("gone", 1): 7, ("kept", 0): 3})
+    groups.commit("g2", "", -1, {("gone", 1): 9})
+    topics.delete("gone")
+    topics.create("gone", 2, TopicConfig(), now_ms=2)
+    assert groups.fetch("g1", [("gone", 0), ("gone", 1), ("kept", 0)]) == {
+        ("gone", 0): -1,
+        ("gone", 1): -1,
+        ("kept", 0): 3,
+    }
+    assert groups.fetch("g2", [("gone", 1)]) == {("gone", 1): -1}
+    groups.commit("g1", "", -1, {("gone", 0): 1})  # the cache of known znodes recovers
+    assert groups.fetch("g1", [("gone", 0)]) == {("gone", 0): 1}
+
+
+def test_segment_metadata_lives_in_chunks_not_one_growing_value(zk: KazooClient) -> None:
+    """Issue 12 §3, in small: 4 segments a chunk, 60 rolls."""
+    meta = TopicStore(zk).create("chunked", 1, TopicConfig(), now_ms=1)
+    writer, reader = PartitionStateStore(zk, chunk_segments=4), PartitionStateStore(zk)
+    seen: list[PartitionState | None] = []
+    reader.watch("chunked", 0, seen.append)
+    state = writer.get("chunked", 0)
+    state = writer.compare_and_set(
+        "chunked", 0, state.with_owner("b1").with_new_segment(0, 1), state.version
+    )
+    sizes = []
+    for i in range(60):
+        rolled = state.with_sealed(i * 10, i * 10 + 10, 100).with_new_segment(i * 10 + 10, 1)
+        state = writer.compare_and_set("chunked", 0, rolled, state.version)
+        sizes.append(len(zk.get(paths.partition("chunked", 0))[0]))
+    assert max(sizes[20:]) <= max(sizes[:10]) * 2, "the partition znode keeps growing"
+    children = sorted(c for c in zk.get_children(paths.partition("chunked", 0)))
+    assert children == [c.name for c in state.chunks] and len(children) >= 12
+    assert reader.get("chunked", 0) == state
+    assert len(state.segments) == 61 and state.incarnation == meta.incarnation
+    deadline = time.monotonic() + 10
+    while seen[-1] != state and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen[-1] == state  # the watch assembles chunks too
+    # retention: the log start passes whole chunks, which go with it in the same CAS
+    trimmed = state.with_log_start(300)
+    state = writer.compare_and_set("chunked", 0, trimmed, state.version)
+    assert reader.get("chunked", 0).segments[0] == SegmentInfo(300, 1, 310, 100)
+    assert len(zk.get_children(paths.partition("chunked", 0))) == len(state.chunks) < len(children)
+    TopicStore(zk).delete("chunked")
+    assert not zk.exists(paths.topic("chunked"))

@@ -26,9 +26,11 @@ from mirror.failover import (
     promote,
 )
 from mirror.paths import promotion_path
+from mirror.state import Phase
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.client.regions import RegionalConsumer, RegionalProducer, RegionalRecordMetadata
 from talos.config import TopicConfig
+from talos.coord.groups import GroupStore
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
 from talos.errors import InvalidArgument, ReadOnlyMirror, TalosError
@@ -147,6 +149,36 @@ def read_topic(bootstrap: str, topic: str, ends: list[int]) -> list[Any]:
         consumer.close()
 
 
+RETURNING = "returning-group"
+
+
+def commit_in_a(dcs: MultiDC, group: str, offsets: dict[int, int]) -> None:
+    zk = connect(dcs.dc("A").zookeeper, "A")
+    try:
+        GroupStore(zk).commit(group, "", -1, {(TOPIC, p): o for p, o in offsets.items()})
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def consume_group(bootstrap: str, group: str, count: int) -> list[bytes]:
+    """What a member of ``group`` reads from its committed offsets ("latest" if none)."""
+    consumer = Consumer(
+        bootstrap, group_id=group, auto_offset_reset="latest", enable_auto_commit=False
+    )
+    got: list[bytes] = []
+    try:
+        consumer.subscribe([TOPIC])
+        deadline = time.monotonic() + 60
+        while len(got) < count and time.monotonic() < deadline:
+            got.extend(m.value for m in consumer.poll(0.5) if m.value is not None)
+        time.sleep(0.5)
+        got.extend(m.value for m in consumer.poll(0.2) if m.value is not None)
+    finally:
+        consumer.close()
+    return got
+
+
 def a_topic_mirror(dcs: MultiDC) -> Any:
     zk = connect(dcs.dc("A").zookeeper, "A")
     try:
@@ -170,13 +202,17 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     topology = topology_of(dcs)
     create_topic(dcs)
     worker = dcs.start_worker("A:B")
-    mirrored = produce(dcs.bootstrap("A"), "m", 40, 1_000_000)
+    # Recent timestamps: the topics' time retention (7 days) would delete older ones.
+    now = int(time.time() * 1000)
+    mirrored = produce(dcs.bootstrap("A"), "m", 40, now)
     wait_ends(dcs, dcs.bootstrap("B"), log_ends(dcs.bootstrap("A")), "the mirror to catch up")
     worker.kill()  # the link is cut: what follows in A never reaches B
     promote_point = log_ends(dcs.bootstrap("B"))
-    lost = produce(dcs.bootstrap("A"), "lost", 30, 2_000_000)
+    lost = produce(dcs.bootstrap("A"), "lost", 30, now + 1_000_000)
     a_end = log_ends(dcs.bootstrap("A"))
     assert a_end == [promote_point[p] + 30 for p in range(PARTITIONS)]
+    # a group in A read all of it, inside the suffix B never received (issue 11, section 4)
+    commit_in_a(dcs, RETURNING, {p: a_end[p] for p in range(PARTITIONS)})
 
     # refused, changing nothing: unknown link, failback before promote
     with pytest.raises(TopologyError, match="no link A:C"):
@@ -203,7 +239,7 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     assert report.source_demoted == (TOPIC,)
 
     # B takes writes now, after the mirrored offsets; A refuses them
-    b_writes = produce(dcs.bootstrap("B"), "b", 5, 3_000_000)
+    b_writes = produce(dcs.bootstrap("B"), "b", 5, now + 2_000_000)
     assert sorted({s.offset for s in b_writes if s.partition == 0})[0] == promote_point[0]
     with (
         Producer(dcs.bootstrap("A"), delivery_timeout_s=10) as producer,
@@ -234,12 +270,16 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     ]
     assert back.archived == len(lost)
     assert all(p.served_at == promote_point[p.partition] for p in back.partitions)
+    # the group's offsets were cut back with the log, in the same step
+    assert [p.groups_clamped for p in back.partitions] == [
+        {RETURNING: promote_point[p]} for p in range(PARTITIONS)
+    ]
     archive = back.archive_topics[TOPIC]
     assert archive.startswith(f"{TOPIC}.diverged.")
     # A serves the truncated log: a new epoch, a new segment at the cut
     assert log_ends(dcs.bootstrap("A")) == promote_point
     mirror = a_topic_mirror(dcs)
-    assert (mirror["link"], mirror["source"], mirror["promoted"]) == ("B:A", "B", False)
+    assert (mirror.link, mirror.source, mirror.phase) == ("B:A", "B", Phase.MIRRORING)
 
     # the archive holds exactly A's diverged messages, everything intact
     archived = read_topic(dcs.bootstrap("A"), archive, [30, 30])
@@ -265,6 +305,10 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     values = Counter(v for _, _, v in in_b)
     assert all(values[s.value] == 1 for s in [*mirrored, *b_writes])
     assert not any(values[s.value] for s in lost)
+
+    # the group returns to A and sees every one of B's messages (none skipped)
+    returned = consume_group(dcs.bootstrap("A"), RETURNING, len(b_writes))
+    assert sorted(returned) == sorted(s.value for s in b_writes)
 
 
 # ---- the drill of the issue: continuous traffic, region A lost, promote, failback --------------
@@ -374,6 +418,7 @@ def test_drill_lose_region_a_promote_b_and_fail_back(dcs: MultiDC, tmp_path: Pat
     zk_a = connect(dcs.dc("A").zookeeper, "A")
     zk_b = connect(dcs.dc("B").zookeeper, "B")
     b_reader = BrokerReader(dcs.bootstrap("B"), 5.0)
+    wait_ends(dcs, dcs.bootstrap("B"), [0] * PARTITIONS, "the worker to create B's mirror")
     sync = OffsetSync(zk_a, zk_b, topology.link("A:B"), lambda t, p: b_reader.log_end(t, p))
     sync.start()
     traffic = Traffic(topology).start()

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from kazoo.client import KazooClient
 
+from mirror.state import new_mirror, promote
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.config import TopicConfig
 from talos.coord.topics import TopicStore
@@ -21,7 +22,7 @@ from talos.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 
-MIRROR = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
+MIRROR = new_mirror("A:B", "A", "orders")
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_mirror_topic_is_read_only_until_promoted(cluster: LocalCluster, zk: Kaz
         with pytest.raises(ReadOnlyMirror):
             producer.send("orders", b"local").result(timeout=30)
 
-        topics.set_mirror("orders", {**MIRROR, "epoch": 2, "promoted": True})
+        topics.set_mirror("orders", promote(MIRROR, 1))
         deadline = time.monotonic() + 10
         while True:  # brokers see the promotion through their ZooKeeper watch
             try:

@@ -365,3 +365,70 @@ def test_mirror_keeps_up_over_50ms_rtt_and_recovers_from_a_30s_cut(tmp_path: Pat
         source = read_all(dcs.bootstrap("A"), 2)
         assert len(source) == stream.sent
         assert read_all(dcs.bootstrap("B"), 2) == source
+
+
+# -- a source rewritten under a running link (issue 11, section 2) ---------------------------
+
+
+def test_a_recreated_source_stops_the_partition_as_diverged_and_resync_copies_it_again(
+    two_dcs: MultiDC,
+) -> None:
+    from mirror.failover import ResyncOptions, resync
+    from topology import load_topology
+
+    dcs = two_dcs
+    create_topic(dcs, 1)
+    produce(dcs, 10, 1, tag="old")
+    dcs.wait_for(lambda: caught_up(dcs), 60, "the mirror to catch up")
+    with Admin(dcs.bootstrap("A")) as admin:
+        admin.delete_topic(TOPIC)
+    create_topic(dcs, 1)
+    produce(dcs, 3, 1, tag="new")
+
+    deadline = time.monotonic() + 60
+    while True:
+        code, document = status(dcs.topology_path)
+        if code == 1 and rows(document)[0]["state"] == "diverged":
+            break
+        assert time.monotonic() < deadline, f"no divergence reported: {document}"
+        time.sleep(0.5)
+    row = rows(document)[0]
+    assert (row["topic"], row["partition"], row["source_end"]) == (TOPIC, 0, 3)
+    assert "offset 10" in row["detail"], row
+    command = [sys.executable, "-m", "talos", "mirror", "status", "--topology"]
+    done = subprocess.run(
+        [*command, str(dcs.topology_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "diverged" in done.stdout and "offset 10" in done.stdout
+    time.sleep(1.0)
+    assert log_ends(dcs.bootstrap("B")) == [10]  # nothing more appended
+
+    topology = load_topology(str(dcs.topology_path))
+    dry = resync(topology, "A:B", TOPIC, ResyncOptions(dry_run=True))
+    assert [(p.target_end, p.restart_at, p.replaced) for p in dry.partitions] == [(10, 0, 10)]
+    assert log_ends(dcs.bootstrap("B")) == [10]
+
+    report = resync(topology, "A:B", TOPIC)
+    assert report.archived == 10 and report.partitions[0].served_at == 0
+    dcs.wait_for(lambda: caught_up(dcs), 60, "the link to copy the new source")
+    assert [v for _, _, v in read_all(dcs.bootstrap("B"), 1)] == [b"new0", b"new1", b"new2"]
+    assert read_all(dcs.bootstrap("B"), 1) == read_all(dcs.bootstrap("A"), 1)
+    archived = read_topic_values(dcs.bootstrap("B"), report.archive_topic, 10)
+    assert archived == [f"old{i}".encode() for i in range(10)]
+    deadline = time.monotonic() + 30
+    while status(dcs.topology_path)[0] != 0:
+        assert time.monotonic() < deadline, status(dcs.topology_path)[1]
+        time.sleep(0.5)
+
+
+def read_topic_values(bootstrap: str, topic: str, count: int) -> list[bytes | None]:
+    consumer = Consumer(bootstrap, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        got: list[bytes | None] = []
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:
+            got.extend(m.value for m in consumer.poll(0.5))
+        return got
+    finally:
+        consumer.close()

@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mirror.reader import ReadResult, StoreReader
+from mirror.state import promote
 from talos.client.connection import Connections
 from talos.client.routing import Router, partition_error
 from talos.config import TopicConfig
@@ -632,7 +634,7 @@ def test_source_partitions_grow_while_mirroring_and_foreign_topics_are_refused(
     try:
         meta = TopicStore(zk).get("grow")
         assert meta.partitions == 4
-        assert meta.mirror is not None and meta.mirror["source_topic"] == "grow"
+        assert meta.mirror is not None and meta.mirror.source_topic == "grow"
         assert TopicStore(zk).get("clash").mirror is None
     finally:
         zk.stop()
@@ -645,8 +647,7 @@ def test_source_partitions_grow_while_mirroring_and_foreign_topics_are_refused(
     zk = connect(b.zookeeper.address, b.cluster_name)
     try:
         topics = TopicStore(zk)
-        mirror = dict(topics.get("grow").mirror or {})
-        topics.set_mirror("grow", {**mirror, "epoch": int(mirror["epoch"]) + 1, "promoted": True})
+        topics.update_mirror("grow", lambda m: None if m is None else promote(m, 1))
     finally:
         zk.stop()
         zk.close()
@@ -736,7 +737,8 @@ class Partition:
     def __init__(self, zk_address: str, root: Path) -> None:
         self.cluster = f"rd-{uuid.uuid4().hex[:8]}"
         self.zk = connect(zk_address, self.cluster)
-        TopicStore(self.zk).create("t", 1, TopicConfig(), int(time.time() * 1000))
+        meta = TopicStore(self.zk).create("t", 1, TopicConfig(), int(time.time() * 1000))
+        self.incarnation = meta.incarnation
         self.states = PartitionStateStore(self.zk)
         self.store = PosixLogStore(str(root))
         self.streams: dict[tuple[int, int], object] = {}
@@ -750,7 +752,7 @@ class Partition:
         return self.states.compare_and_set("t", 0, change(state), state.version)  # type: ignore[operator]
 
     def path(self, base: int, epoch: int) -> str:
-        return segment_path(self.cluster, "t", 0, base, epoch)
+        return segment_path(self.cluster, "t", 0, base, epoch, incarnation=self.incarnation)
 
     def write(self, base: int, epoch: int, data: bytes) -> None:
         key = (base, epoch)
@@ -866,5 +868,101 @@ def test_store_reader_drops_a_fenced_zombies_writes_past_the_sealed_end(part: Pa
         sealer.join()
         assert values(got) == [b"v0", b"v1", b"v2", b"v3"]
         assert values(read_until(reader, 4)) == [b"new4", b"new5"]
+    finally:
+        reader.close()
+
+
+# ---- the one read rule serves failback too (issue 11, section 5) ----------------------------
+
+
+class _FencedDuringTheCheck(PosixLogStore):
+    """A real directory store where a takeover happens at the instant a reader checks the
+    fence marker: the zombie owner writes one more batch, the new owner creates the marker
+    and seals the segment at what it scanned before that batch."""
+
+    def __init__(self, root: str, on_check: Any) -> None:
+        super().__init__(root)
+        self.on_check = on_check
+
+    def exists(self, path: str) -> bool:
+        if path.endswith(".fenced") and self.on_check is not None:
+            hook, self.on_check = self.on_check, None
+            answer = super().exists(path)
+            hook()
+            return answer
+        return super().exists(path)
+
+
+def test_failback_reads_only_what_was_committed_when_fenced_during_the_marker_check(
+    part: Partition,
+) -> None:
+    from mirror.failover.common import StoreLogReader
+
+    part.cas(lambda s: s.with_owner("b1"))
+    part.cas(lambda s: s.with_new_segment(0, 1))
+    part.write(0, 1, rec_batch(0) + rec_batch(2))
+    scanned = part.size(0, 1)
+
+    def takeover() -> None:
+        part.cas(lambda s: s.with_owner("b2"))
+        part.store.create_exclusive(fence_marker_path(part.path(0, 1)))
+        part.write(0, 1, rec_batch(4, tag="zombie"))  # never acknowledged
+        part.cas(lambda s: s.with_sealed(0, 4, scanned))
+
+    store = _FencedDuringTheCheck(str(part.store.root), takeover)
+    reader = StoreLogReader(part.zk, store, part.cluster)
+    try:
+        assert reader.log_end("t", 0) == 4
+        assert [b.header.base_offset for b in reader.batches("t", 0, 0)] == [0, 2]
+    finally:
+        reader.close()
+
+
+def test_failback_picks_the_right_one_of_two_segments_sharing_a_base_offset(
+    part: Partition,
+) -> None:
+    from mirror.failover.common import StoreLogReader
+
+    part.cas(lambda s: s.with_owner("b1"))
+    part.cas(lambda s: s.with_new_segment(0, 1))
+    part.write(0, 1, rec_batch(0) + rec_batch(2))
+    part.cas(lambda s: s.with_sealed(0, 4, part.size(0, 1)))
+    part.cas(lambda s: s.with_new_segment(4, 1))  # b1 rolls, then is fenced before writing
+    part.cas(lambda s: s.with_owner("b2"))
+    part.cas(lambda s: s.with_sealed(4, 4, 0))  # an empty sealed segment at 4 ...
+    part.cas(lambda s: s.with_new_segment(4, 2))  # ... and b2's open one, also at 4
+    part.write(4, 2, rec_batch(4) + rec_batch(6))
+    part.cas(lambda s: s.with_owner("b3"))  # b3 takes over: marker now, sealed end soon
+    assert part.store.create_exclusive(fence_marker_path(part.path(4, 2)))
+    size = part.size(4, 2)
+
+    def seal() -> None:
+        time.sleep(0.3)
+        part.cas(lambda s: s.with_sealed(4, 8, size))
+
+    sealer = threading.Thread(target=seal)
+    sealer.start()
+    reader = StoreLogReader(part.zk, part.store, part.cluster)
+    try:
+        assert reader.log_end("t", 0) == 8
+        got = [(b.header.base_offset, b.position) for b in reader.batches("t", 0, 4)]
+        assert got == [(4, 0), (6, len(rec_batch(4)))]
+    finally:
+        sealer.join()
+        reader.close()
+
+
+def test_store_reader_reports_the_source_end_it_read_not_the_offset_asked_for(
+    part: Partition,
+) -> None:
+    part.cas(lambda s: s.with_owner("b1"))
+    part.cas(lambda s: s.with_new_segment(0, 1))
+    part.write(0, 1, rec_batch(0) + rec_batch(2))
+    reader = StoreReader(part.store, part.zk, part.cluster)
+    try:
+        # asked past the end (a target that holds more than this source): the end is 4
+        beyond = reader.read("t", 0, 10, 1 << 20)
+        assert (beyond.headers, beyond.source_end) == ((), 4)
+        assert reader.read("t", 0, 0, 1 << 20).source_end == 4
     finally:
         reader.close()

@@ -43,7 +43,7 @@ def test_segments_roll_and_reads_cross_them_after_takeover(cluster: LocalCluster
             if i % 20 == 19:
                 producer.flush()
 
-    partition_dir = Path(cluster.store_dir) / cluster.cluster / "rolling" / "0"
+    (partition_dir,) = (Path(cluster.store_dir) / cluster.cluster / "rolling").glob("*/0")
     logs = sorted(n for n in os.listdir(partition_dir) if n.endswith(".log"))
     assert len(logs) >= 3, logs
     sealed = logs[:-1]

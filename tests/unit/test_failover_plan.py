@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from mirror.failover import (
-    FAILBACK_PENDING,
     Divergence,
     PartitionRecovery,
     Progress,
@@ -15,17 +14,20 @@ from mirror.failover import (
     SourceView,
     StoredBatch,
     archive_topic_name,
+    clamped_to,
     failback_refusal,
     failback_stamp,
-    fencing_mirror,
-    final_reverse_mirror,
     find_divergence,
     is_copy_of,
-    pending_reverse_mirror,
-    promoted_mirror,
+    plan_promotion,
     recovery_point,
+    resync_cut,
+    resync_refusal,
+    source_demotion,
     truncated_state,
 )
+from mirror.state import MirrorState, Phase, begin_resync, fence
+from mirror.state import promote as promote_state
 from talos.coord.partition_state import PartitionState, SegmentInfo
 from talos.errors import InvalidArgument
 from talos.record.batch import Record, encode_batch, parse_header, with_origin
@@ -123,47 +125,28 @@ def test_recovery_point_rejects_a_negative_end() -> None:
         recovery_point("t", "t", 0, -1, None, None, None)
 
 
-# ---- mirror dicts -----------------------------------------------------------------------------
+# ---- mirror states (the transitions live in mirror.state; see test_mirror_state) ---------------
 
 
-def test_promotion_bumps_the_epoch_and_makes_the_topic_writable() -> None:
-    mirror = {"link": "A:B", "source": "A", "source_topic": "t", "epoch": 3, "promoted": False}
-    assert promoted_mirror(mirror, 99) == {
-        **mirror,
-        "epoch": 4,
-        "promoted": True,
-        "promoted_ms": 99,
-    }
-    # in two steps: fenced (next epoch, relabelled, still read-only), then opened
-    fenced = fencing_mirror(mirror)
-    assert (fenced["link"], fenced["epoch"], fenced["promoted"]) == ("A:B (promoting)", 4, False)
-    assert fencing_mirror(fenced)["link"] == "A:B (promoting)"
-    assert promoted_mirror(fenced, 99) == promoted_mirror(mirror, 99)
+def test_the_dry_run_plans_the_promotion_the_real_run_makes() -> None:
+    mirroring = MirrorState("A:B", "A", "t", 3)
+    promoted = promote_state(MirrorState("A:B", "A", "u", 5), 7)
+    plan = plan_promotion({"t": mirroring, "u": promoted})
+    assert plan.epochs == {"t": (3, 4), "u": (6, 6)}
+    assert plan.already_promoted == ("u",)
+    assert plan.epochs["t"][1] == promote_state(fence(mirroring), 9).epoch
 
 
-def test_pending_reverse_mirror_continues_the_epoch_and_is_stable() -> None:
-    fresh = pending_reverse_mirror(None, "B:A", "B", "t")
-    assert fresh == {
-        "link": "B:A (failback pending)",
-        "source": "B",
-        "source_topic": "t",
-        "epoch": 1,
-        "promoted": False,
-        "failback": FAILBACK_PENDING,
-    }
-    assert pending_reverse_mirror(fresh, "B:A", "B", "t") == fresh
-    after_cycle = pending_reverse_mirror(
-        {"link": "B:A", "epoch": 5, "promoted": True}, "B:A", "B", "t"
+def test_the_old_primary_becomes_a_pending_reverse_mirror_unless_it_is_another_mirror() -> None:
+    pending = source_demotion(None, "B:A", "B", "t")
+    assert pending == MirrorState("B:A", "B", "t", 1, Phase.FAILBACK_PENDING)
+    assert source_demotion(pending, "B:A", "B", "t") == pending
+    someone_elses = MirrorState("C:A", "C", "t", 2)
+    assert source_demotion(someone_elses, "B:A", "B", "t") is None
+    after_cycle = source_demotion(
+        promote_state(MirrorState("B:A", "B", "t", 5), 1), "B:A", "B", "t"
     )
-    assert after_cycle["epoch"] == 6
-    final = final_reverse_mirror(fresh, "B:A")
-    assert final == {
-        "link": "B:A",
-        "source": "B",
-        "source_topic": "t",
-        "epoch": 1,
-        "promoted": False,
-    }
+    assert after_cycle is not None and after_cycle.epoch == 7
 
 
 # ---- divergence -------------------------------------------------------------------------------
@@ -357,3 +340,29 @@ def test_failback_refusals() -> None:
     unmapped = failback_refusal(link=LINK, promotion=promotion, reverse=narrow, pairs=pairs)
     assert unmapped is not None and "does not map" in unmapped
     assert failback_refusal(link=LINK, promotion=promotion, reverse=REVERSE, pairs=pairs) is None
+
+
+# ---- resync -----------------------------------------------------------------------------------
+
+
+def test_resync_refuses_what_the_link_does_not_copy() -> None:
+    link = Link("A", "B", ("*",))
+    mine = MirrorState("A:B", "A", "t", 2)
+    assert resync_refusal(link, "t", mine) is None
+    assert resync_refusal(link, "t", begin_resync(mine)) is None  # a rerun continues
+    assert "not a mirror" in str(resync_refusal(link, "t", None))
+    assert "'u'" in str(resync_refusal(link, "t", MirrorState("A:B", "A", "u", 2)))
+    assert "promoted" in str(resync_refusal(link, "t", promote_state(mine, 1)))
+
+
+def test_resync_empties_the_partition_at_the_sources_log_start() -> None:
+    state = PartitionState(
+        epoch=4,
+        owner="failback",
+        segments=(SegmentInfo(0, 1, 6, 300), SegmentInfo(6, 2, 10, 200)),
+        version=9,
+    )
+    cut = resync_cut(state, 3)
+    assert (cut.segments, cut.log_start, cut.sealed_end, cut.owner) == ((), 3, 3, "")
+    assert resync_cut(state, 0).sealed_end == 0
+    assert clamped_to({"g1": 7, "g2": 2, "g3": 3}, 3) == {"g1": 3}

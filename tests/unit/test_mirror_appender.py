@@ -8,11 +8,13 @@ from mirror.appender import (
     LoopSplit,
     ReplyDecision,
     chunk_ranges,
+    continuity_problem,
     decide_reply,
     effective_origin,
     split_loop,
     stamp_origin,
 )
+from mirror.reader import ReadResult, valid_batches
 from talos.errors import (
     CoordinationError,
     CorruptBatch,
@@ -173,3 +175,38 @@ def test_divergence_and_fencing_stop_the_partition() -> None:
     assert fenced.action == "stop" and "promoted" in fenced.message
     corrupt = decide_reply(0, 5, CorruptBatch("bad crc"), 9)
     assert corrupt.action == "stop" and "CorruptBatch" in corrupt.message
+
+
+# ---- continuity: the source batch ending at the target's end is the target's last batch ---
+
+
+def _read_of(data: bytes) -> ReadResult:
+    headers, positions, _ = valid_batches(data, 0)
+    return ReadResult(data, tuple(headers), tuple(positions), headers[-1].next_offset)
+
+
+def test_the_target_continues_the_source_when_its_last_batch_is_the_stamped_source_batch() -> None:
+    source = batch(4, 3)
+    target_last = stamp_origin(source, parse_header(source), "A")
+    assert continuity_problem(7, target_last, _read_of(source), "A", "B") == ""
+    assert continuity_problem(0, None, ReadResult(), "A", "B") == ""  # nothing copied yet
+
+
+def test_after_a_failback_the_target_holds_the_originals_of_the_sources_copies() -> None:
+    original = batch(4, 3)  # written in A
+    b_copy = stamp_origin(original, parse_header(original), "A")
+    # the reverse link B:A reads B's copy; A (its target) holds the original
+    assert continuity_problem(7, original, _read_of(b_copy), "B", "A") == ""
+    assert "CRC" in continuity_problem(7, batch(4, 3, origin="C"), _read_of(b_copy), "B", "A")
+
+
+def test_a_rewritten_or_cut_back_source_is_divergence() -> None:
+    copied = stamp_origin(batch(4, 3), parse_header(batch(4, 3)), "A")
+    rewritten = encode_batch([Record(value=b"new")] * 3, base_offset=4)
+    assert "CRC" in continuity_problem(7, copied, _read_of(rewritten), "A", "B")
+    regrouped = batch(4, 2) + batch(6, 1)
+    assert "6..6" in continuity_problem(
+        7, copied, _read_of(regrouped[len(batch(4, 2)) :]), "A", "B"
+    )
+    cut = ReadResult(source_end=3, caught_up=True)
+    assert "ends at 3, below the target's end 7" in continuity_problem(7, copied, cut, "A", "B")

@@ -3,7 +3,7 @@ partitions a worker owns (sticky consistent hashing)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +16,7 @@ from mirror.placement import (
     owned_partitions,
     plan_topic,
 )
+from mirror.state import MirrorState, promote
 from talos.config import TopicConfig
 from talos.coord.topics import TopicMeta
 from talos.errors import InvalidArgument
@@ -25,8 +26,10 @@ AB = Link(source="A", target="B", topics=("orders", "pay.*"))
 AB_PREFIXED = Link(source="A", target="B", topics=("*",), naming="prefixed")
 
 
-def meta(name: str, partitions: int = 3, mirror: dict[str, Any] | None = None) -> TopicMeta:
-    return TopicMeta(name, partitions, TopicConfig(), 1, mirror)
+def meta(
+    name: str, partitions: int = 3, mirror: MirrorState | None = None, incarnation: str = ""
+) -> TopicMeta:
+    return TopicMeta(name, partitions, TopicConfig(), 1, mirror, incarnation)
 
 
 def test_unselected_topics_are_skipped() -> None:
@@ -42,13 +45,13 @@ def test_a_new_selected_topic_is_created_with_the_source_partition_count() -> No
 
 
 def test_the_target_grows_first_when_the_source_grew() -> None:
-    target = meta("orders", 3, mirror_descriptor(AB, "orders", epoch=4))
+    target = meta("orders", 3, replace(mirror_descriptor(AB, "orders"), epoch=4))
     plan = plan_topic(AB, meta("orders", 6), target)
     assert (plan.action, plan.partitions, plan.epoch) == ("grow", 6, 4)
 
 
 def test_a_ready_mirror_copies_the_common_partitions_at_its_epoch() -> None:
-    target = meta("orders", 4, mirror_descriptor(AB, "orders", epoch=2))
+    target = meta("orders", 4, replace(mirror_descriptor(AB, "orders"), epoch=2))
     plan = plan_topic(AB, meta("orders", 4), target)
     assert (plan.action, plan.partitions, plan.epoch) == ("ready", 4, 2)
     # a target with more partitions than the source (source re-created smaller)
@@ -60,7 +63,7 @@ def test_a_foreign_target_topic_is_refused() -> None:
     assert plan.action == "error" and "not a mirror" in plan.reason
     assert plan.partitions == 3  # so that each partition reports the error
 
-    other_link = {**mirror_descriptor(AB, "orders"), "link": "C:B", "source": "C"}
+    other_link = replace(mirror_descriptor(AB, "orders"), link="C:B", source="C")
     plan = plan_topic(AB, meta("orders"), meta("orders", 3, other_link))
     assert plan.action == "error" and "C:B" in plan.reason
 
@@ -69,7 +72,7 @@ def test_a_foreign_target_topic_is_refused() -> None:
 
 
 def test_a_promoted_target_is_not_written() -> None:
-    promoted = {**mirror_descriptor(AB, "orders", epoch=3), "promoted": True}
+    promoted = promote(replace(mirror_descriptor(AB, "orders"), epoch=2), 1)
     plan = plan_topic(AB, meta("orders"), meta("orders", 3, promoted))
     assert plan.action == "error" and "promoted" in plan.reason and plan.epoch == 3
 
@@ -80,9 +83,9 @@ def test_a_mirror_of_the_target_is_never_copied_back() -> None:
     plan = plan_topic(AB, meta("orders", 3, back), None)
     assert plan.action == "skip" and "loop" in plan.reason
     # once promoted it is A's own topic and may be copied
-    assert plan_topic(AB, meta("orders", 3, {**back, "promoted": True}), None).action == "create"
+    assert plan_topic(AB, meta("orders", 3, promote(back, 1)), None).action == "create"
     # a mirror from a third DC is forwarded (A is a hop on C -> A -> B)
-    ca = {**mirror_descriptor(Link("C", "A", ("orders",)), "orders")}
+    ca = mirror_descriptor(Link("C", "A", ("orders",)), "orders")
     assert loop_reason(AB, ca) == ""
     assert plan_topic(AB, meta("orders", 3, ca), None).action == "create"
 
@@ -139,3 +142,17 @@ def test_dc_names_must_fit_the_origin_field() -> None:
     check_link(AB)
     with pytest.raises(InvalidArgument, match=r"link\.source"):
         check_link(Link(source="datacenter-east-1a", target="B", topics=("x",)))
+
+
+def test_a_copy_of_another_source_incarnation_is_diverged() -> None:
+    copy = mirror_descriptor(AB, "orders", "inc-1")
+    same = plan_topic(AB, meta("orders", incarnation="inc-1"), meta("orders", 3, copy))
+    assert (same.action, same.diverged) == ("ready", "")
+    recreated = plan_topic(AB, meta("orders", incarnation="inc-2"), meta("orders", 3, copy))
+    assert recreated.action == "ready" and "recreated" in recreated.diverged
+    assert "inc-2" in recreated.diverged and "inc-1" in recreated.diverged
+    unrecorded = mirror_descriptor(AB, "orders")  # made before incarnations: content decides
+    assert (
+        plan_topic(AB, meta("orders", incarnation="inc-2"), meta("orders", 3, unrecorded)).diverged
+        == ""
+    )

@@ -52,7 +52,7 @@ def test_progress_reports_lag_rates_and_writes_on_state_changes() -> None:
     assert (first["state"], first["source_end"], first["target_end"]) == ("lagging", 50, 0)
     assert set(first) == {
         "worker", "source_end", "target_end", "source_end_ms", "last_progress_ms", "lag_ms",
-        "bytes_per_s", "msgs_per_s", "state", "error", "updated_ms",
+        "bytes_per_s", "msgs_per_s", "state", "error", "updated_ms", "gap_messages",
     }  # fmt: skip
     assert not progress.due()  # same state, within the interval
 
@@ -147,3 +147,13 @@ def test_catching_up_after_a_reported_lag_is_written_at_once() -> None:
     assert progress.snapshot()["lag_ms"] == 0
     clock.advance(0.1)
     assert not progress.due()
+
+
+def test_a_source_gap_is_its_own_final_state() -> None:
+    from mirror.worker import source_gap
+
+    assert source_gap(40, 100) and not source_gap(40, 40) and not source_gap(40, 0)
+    common = dict(source_end=100, target_end=40, now_ms=0, last_progress_ms=0, lag_ms=0)
+    thresholds = dict(stall_after_s=15.0, lagging_after_s=5.0)
+    assert partition_state(error="x", gap=True, **common, **thresholds) == "gap"
+    assert partition_state(error="x", diverged=True, **common, **thresholds) == "diverged"

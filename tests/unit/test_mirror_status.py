@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from mirror.state import new_mirror, promote
 from mirror.status import (
     Heartbeat,
     LinkStatus,
@@ -261,7 +262,14 @@ def test_totals_add_up_the_rows() -> None:
     totals = result.totals
     assert (totals.partitions, totals.lag_messages, totals.max_lag_ms) == (3, 30, 9_000)
     assert (totals.msgs_per_s, totals.bytes_per_s) == (15.0 + 20.0, 1500.0 + 2000.0)
-    assert totals.states == {"ok": 1, "lagging": 2, "stalled": 0, "error": 0}
+    assert totals.states == {
+        "ok": 1,
+        "lagging": 2,
+        "stalled": 0,
+        "error": 0,
+        "diverged": 0,
+        "gap": 0,
+    }
     assert [r.partition for r in result.partitions] == [0, 1, 2]
 
 
@@ -310,16 +318,38 @@ def test_progress_znode_parsing() -> None:
 
 def test_loop_rule_skips_unpromoted_mirrors_of_the_target() -> None:
     back = Link("B", "A", ("*",))
-    from_a = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
+    from_a = new_mirror("A:B", "A", "orders")
     assert link_copies(LINK, "orders", None)
     assert not link_copies(back, "orders", from_a)  # B's copy of A's orders never goes home
-    assert link_copies(back, "orders", {**from_a, "promoted": True})
+    assert link_copies(back, "orders", promote(from_a, 1))
     assert not link_copies(Link("A", "B", ("pay*",)), "orders", None)
 
 
 def test_target_mirror_problem() -> None:
-    mine = {"link": "A:B", "source": "A", "source_topic": "orders", "epoch": 1}
-    assert target_mirror_problem(LINK, mine) == ""
-    assert "not a mirror" in target_mirror_problem(LINK, None)
-    assert "C:B" in target_mirror_problem(LINK, {**mine, "link": "C:B"})
-    assert "promoted" in target_mirror_problem(LINK, {**mine, "promoted": True})
+    mine = new_mirror("A:B", "A", "orders")
+    assert target_mirror_problem(LINK, "orders", mine) == ""
+    assert "not a mirror" in target_mirror_problem(LINK, "orders", None)
+    assert "C:B" in target_mirror_problem(LINK, "orders", replace(mine, link="C:B"))
+    assert "promoted" in target_mirror_problem(LINK, "orders", promote(mine, 1))
+
+
+def test_a_diverged_partition_fails_the_check_and_names_topic_partition_and_offset() -> None:
+    # The source was recreated: its end (3) is below the target's (100), which status
+    # reports as the source end the worker actually read; the worker stopped appending.
+    message = "diverged at offset 100: the source ends at 3, below the target's end 100"
+    report = progress(source_end=3, state="diverged", error=message, updated_ms=NOW - 600_000)
+    result = status(part(source_end=3, progress=report))
+    row = result.partitions[0]
+    assert (row.topic, row.partition, row.state) == ("orders", 0, "diverged")
+    assert "offset 100" in row.detail
+    assert result.state == "diverged" and exit_code([result]) == 1
+
+
+def test_a_gap_left_by_source_retention_fails_the_check_with_the_messages_lost() -> None:
+    message = "gap at offset 40: the source deleted offsets 40..99 (60 messages) before ..."
+    report = progress(target_end=40, state="gap", error=message, gap_messages=60)
+    result = status(part(target_end=40, progress=report))
+    row = result.partitions[0]
+    assert (row.state, row.gap_messages) == ("gap", 60)
+    assert "60 messages" in row.detail and row.to_dict()["gap_messages"] == 60
+    assert exit_code([result]) == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from talos.coord.partition_state import PartitionState, SegmentInfo
+from talos.coord.partition_state import PartitionState, SegmentInfo, plan_layout
 from talos.errors import CoordinationError, InvalidArgument
 
 
@@ -105,3 +106,82 @@ def test_from_json_rejects_garbage() -> None:
         PartitionState.from_json(b"{nope", 0)
     with pytest.raises(CoordinationError, match="malformed"):
         PartitionState.from_json(b'{"epoch": 1}', 0)
+
+
+# ---- layout over chunk znodes (issue 12 §3) ----------------------------------------------
+
+
+def _rolled(count: int) -> PartitionState:
+    """An owned partition with ``count`` sealed segments of 10 offsets and an open one."""
+    state = PartitionState(incarnation="i1").with_owner("b1").with_new_segment(0, 1)
+    for i in range(count):
+        state = state.with_sealed(i * 10, i * 10 + 10, 100).with_new_segment(i * 10 + 10, 1)
+    return state
+
+
+def _laid(state: PartitionState, chunk_segments: int = 2) -> PartitionState:
+    layout = plan_layout(
+        state.chunks, state.segments, state.log_start, state.next_chunk, chunk_segments
+    )
+    return dataclasses.replace(
+        state, chunks=layout.keep + layout.create, next_chunk=layout.next_chunk
+    )
+
+
+def test_old_sealed_segments_move_into_chunks_and_round_trip() -> None:
+    state = _laid(_rolled(9))  # 9 sealed + open; chunks of 2 until fewer than 4 sealed remain
+    assert [c.name for c in state.chunks] == ["c0000000000", "c0000000001", "c0000000002"]
+    assert [len(c.segments) for c in state.chunks] == [2, 2, 2]
+    assert len(state.head_segments) == 4  # 3 sealed + the open one
+    back = PartitionState.from_json(state.to_json(), 3, state.chunks)
+    assert back == dataclasses.replace(state, version=3)
+    assert len(json.loads(state.to_json())["segments"]) == 4
+    # the next roll keeps the chunks as they are
+    rolled = state.with_sealed(90, 100, 100).with_new_segment(100, 1)
+    layout = plan_layout(rolled.chunks, rolled.segments, 0, rolled.next_chunk, 2)
+    assert (layout.keep, layout.drop) == (state.chunks, ())
+    assert [c.name for c in layout.create] == ["c0000000003"]
+
+
+def test_a_value_that_does_not_name_its_chunks_is_refused() -> None:
+    state = _laid(_rolled(9))
+    with pytest.raises(CoordinationError, match="chunks"):
+        PartitionState.from_json(state.to_json(), 3, state.chunks[:1])
+
+
+def test_log_start_past_whole_chunks_drops_them() -> None:
+    state = _laid(_rolled(9))
+    trimmed = dataclasses.replace(
+        state, log_start=30, segments=tuple(s for s in state.segments if s.base_offset >= 30)
+    )
+    layout = plan_layout(trimmed.chunks, trimmed.segments, 30, trimmed.next_chunk, 2)
+    assert layout.drop == ("c0000000000",)  # offsets 0..19
+    assert [c.name for c in layout.keep] == ["c0000000001", "c0000000002"]  # 20..39 still live
+    laid = _laid(trimmed)
+    assert laid.segments == trimmed.segments
+    back = PartitionState.from_json(laid.to_json(), 1, laid.chunks)
+    assert back.segments[0] == SegmentInfo(30, 1, 40, 100)
+
+
+def test_truncation_into_a_chunk_lays_the_rest_out_again() -> None:
+    state = _laid(_rolled(9))
+    sealed = state.with_sealed(90, 90, 0)  # every segment sealed (a failback took it over)
+    cut = _laid(sealed.with_truncation(25, 50))  # inside the chunk holding 20..39
+    assert [c.name for c in cut.chunks] == ["c0000000000"]
+    assert cut.segments[-1] == SegmentInfo(20, 1, 25, 50)
+    back = PartitionState.from_json(cut.to_json(), 1, cut.chunks)
+    assert back.segments == cut.segments
+
+
+def test_log_start_moves_by_whole_sealed_segments_only() -> None:
+    state = _rolled(3)  # [0,10) [10,20) [20,30) open@30
+    assert state.with_log_start(0) is state
+    trimmed = state.with_log_start(20)
+    assert trimmed.log_start == 20
+    assert [s.base_offset for s in trimmed.segments] == [20, 30]
+    assert trimmed.with_log_start(30).segments == (SegmentInfo(30, 1),)  # every sealed one
+    for bad in (15, 40, -1):
+        with pytest.raises(InvalidArgument, match="log_start"):
+            trimmed.with_log_start(bad)
+    with pytest.raises(InvalidArgument, match="log_start"):
+        trimmed.with_log_start(10)  # never backwards

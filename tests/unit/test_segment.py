@@ -26,7 +26,7 @@ from talos.storage.segment import (
 from talos.storage.store import Durability
 
 BASE = 500
-PATH = "c/t/0/00000000000000000500.2.log"
+PATH = "c/t/i1/0/00000000000000000500.2.log"
 
 
 @pytest.fixture
@@ -77,8 +77,8 @@ def expected_scan(batches: list[bytes], base: int = BASE) -> ScanResult:
 
 def test_segment_name_layout() -> None:
     assert segment_name(500, 2) == "00000000000000000500.2.log"
-    assert segment_path("c", "t", 0, 500, 2) == PATH
-    assert partition_dir("dc1", "orders.v2", 17) == "dc1/orders.v2/17"
+    assert segment_path("c", "t", 0, 500, 2, incarnation="i1") == PATH
+    assert partition_dir("dc1", "orders.v2", 17, incarnation="ab12") == "dc1/orders.v2/ab12/17"
     assert fence_marker_path(PATH) == PATH + ".fenced"
 
 
@@ -117,11 +117,13 @@ def test_name_validation() -> None:
     with pytest.raises(InvalidArgument, match="epoch"):
         segment_name(0, -1)
     with pytest.raises(InvalidArgument, match="partition"):
-        partition_dir("c", "t", -1)
+        partition_dir("c", "t", -1, incarnation="i1")
     with pytest.raises(InvalidArgument, match="topic"):
-        partition_dir("c", "a/b", 0)
+        partition_dir("c", "a/b", 0, incarnation="i1")
     with pytest.raises(InvalidArgument, match="cluster"):
-        partition_dir("..", "t", 0)
+        partition_dir("..", "t", 0, incarnation="i1")
+    with pytest.raises(InvalidArgument, match="incarnation"):
+        partition_dir("c", "t", 0, incarnation="../x")
     with pytest.raises(InvalidArgument, match="segment_path"):
         fence_marker_path("c/t/0/x.index")
 

@@ -907,3 +907,13 @@ def test_loaded_values_are_frozen_and_hashable() -> None:
     assert len({topo.link("A:B"), topo.link("A:B"), topo.link("B:A")}) == 2
     with pytest.raises(TypeError):
         topo.dc("A").hosts["x"] = HostSpec("x", None, "h", 22)  # type: ignore[index]
+
+
+def test_a_links_gap_policy_is_stop_unless_told_and_a_bad_one_is_named() -> None:
+    topo = loads_topology(BASE)
+    assert {link.on_gap for link in topo.links} == {"stop"}
+    skip = BASE.replace("bandwidth_mb_s = 50\n", 'bandwidth_mb_s = 50\non_gap = "skip"\n', 1)
+    assert loads_topology(skip).links[0].on_gap == "skip"
+    assert loads_topology(dump_topology(loads_topology(skip))) == loads_topology(skip)
+    with pytest.raises(TopologyError, match=r"on_gap.*must be one of stop, skip, got 'drop'"):
+        loads_topology(skip.replace('"skip"', '"drop"'))
