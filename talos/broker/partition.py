@@ -88,11 +88,13 @@ class SealedSegment:
     _entries: list[seg_index.IndexEntry] | None = None
     epoch: int = 0
     max_timestamp: int = -1  # -1: not recorded; read from the time index when needed
+    sealed_ms: int = -1  # when it was sealed (SegmentInfo.sealed_ms)
 
     def newest_timestamp(self, store: LogStore) -> int:
+        """What time retention counts from: the newest record, or the sealing if later."""
         if self.max_timestamp < 0 and self.size > 0:
             self.max_timestamp = max((e.max_timestamp for e in self.entries(store)), default=-1)
-        return self.max_timestamp
+        return max(self.max_timestamp, self.sealed_ms)
 
     def entries(self, store: LogStore) -> list[seg_index.IndexEntry]:
         if self._entries is None:
@@ -292,6 +294,8 @@ class PartitionLog:
                 self._path(s),
                 epoch=s.epoch,
                 max_timestamp=s.max_timestamp,
+                # not recorded (sealed by a failback): counted from this takeover
+                sealed_ms=s.sealed_ms if s.sealed_ms >= 0 else self.clock.wall_ms(),
             )
             for s in state.segments
         )
@@ -325,7 +329,11 @@ class PartitionLog:
         end = scan.next_offset if scan else previous.base_offset
         size = scan.valid_bytes if scan else 0
         sealed = state.with_sealed(
-            previous.base_offset, end, size, scan.max_timestamp if scan else -1
+            previous.base_offset,
+            end,
+            size,
+            scan.max_timestamp if scan else -1,
+            self.clock.wall_ms(),
         )
         if sealed is not state:
             state = self.states.compare_and_set(self.topic, self.partition, sealed, state.version)
@@ -557,7 +565,11 @@ class PartitionLog:
         segment, state, committed = self._open, self._state, self._committed
         assert segment is not None and state is not None
         new_state = state.with_sealed(
-            segment.base_offset, committed.log_end, committed.open_size, segment.max_timestamp
+            segment.base_offset,
+            committed.log_end,
+            committed.open_size,
+            segment.max_timestamp,
+            self.clock.wall_ms(),
         ).with_new_segment(committed.log_end, self.epoch)
         try:
             self._state = self.states.compare_and_set(
@@ -579,6 +591,7 @@ class PartitionLog:
             entries,
             epoch=self.epoch,
             max_timestamp=segment.max_timestamp,
+            sealed_ms=new_state.segments[-2].sealed_ms,
         )
         self._open_segment(committed.log_end)
         self._sealed = (*self._sealed, sealed)

@@ -51,6 +51,10 @@ class SegmentInfo:
     size: int | None = None
     #: The newest record timestamp of a sealed segment (time retention); -1: not known.
     max_timestamp: int = -1
+    #: The sealing owner's wall clock when it sealed the segment; -1: not known. Time
+    #: retention counts from the later of the two, so records stamped long ago by their
+    #: producer (or a skewed producer clock) are not deleted the moment they arrive.
+    sealed_ms: int = -1
 
     @property
     def sealed(self) -> bool:
@@ -67,6 +71,7 @@ class SegmentInfo:
             end_offset=None if data.get("end_offset") is None else int(data["end_offset"]),
             size=None if data.get("size") is None else int(data["size"]),
             max_timestamp=int(data.get("max_timestamp", -1)),
+            sealed_ms=int(data.get("sealed_ms", -1)),
         )
 
 
@@ -282,7 +287,12 @@ class PartitionState:
         )
 
     def with_sealed(
-        self, base_offset: int, end_offset: int, size: int, max_timestamp: int = -1
+        self,
+        base_offset: int,
+        end_offset: int,
+        size: int,
+        max_timestamp: int = -1,
+        sealed_ms: int = -1,
     ) -> PartitionState:
         """Record a segment's sealed end; an already sealed segment keeps its first end."""
         _check_nonneg(base_offset, "base_offset")
@@ -311,7 +321,11 @@ class PartitionState:
                 f"end_offset: must be >= base_offset {base_offset}, got {end_offset}"
             )
         sealed = dataclasses.replace(
-            segment, end_offset=end_offset, size=size, max_timestamp=max_timestamp
+            segment,
+            end_offset=end_offset,
+            size=size,
+            max_timestamp=max_timestamp,
+            sealed_ms=sealed_ms,
         )
         return dataclasses.replace(
             self, segments=(*self.segments[:index], sealed, *self.segments[index + 1 :])

@@ -42,7 +42,7 @@ def two_brokers(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     return make_cluster(brokers=2, session_timeout=4.0)
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(5400)
 def test_twenty_thousand_segments_roll_take_over_and_read(two_brokers: LocalCluster) -> None:
     cluster = two_brokers
     with Admin(cluster.bootstrap) as admin:

@@ -64,3 +64,12 @@ def test_diverged_archives_keep_thirty_days_by_default() -> None:
     assert TopicConfig().for_topic("orders").retention_ms == 7 * DAY_MS
     chosen = TopicConfig(retention_ms=DAY_MS)
     assert chosen.for_topic("orders.diverged.1") == chosen  # an explicit choice stays
+
+
+def test_time_counts_from_the_sealing_when_records_are_stamped_long_ago() -> None:
+    """A producer's 1970 timestamps do not get fresh data deleted the moment it lands."""
+    ancient = SealedSegment(0, 10, 100, "s0", max_timestamp=3_000, sealed_ms=NOW - 1000)
+    assert ancient.newest_timestamp(store=None) == NOW - 1000  # type: ignore[arg-type]
+    assert retention_cut([ancient], 0, NOW, DAY_MS, -1, lambda s: s.newest_timestamp(None)) is None
+    ancient.sealed_ms = NOW - 2 * DAY_MS
+    assert retention_cut([ancient], 0, NOW, DAY_MS, -1, lambda s: s.newest_timestamp(None)) == 10
