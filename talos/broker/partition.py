@@ -53,12 +53,12 @@ from talos.storage.segment import (
 from talos.storage.store import AppendStream, Durability, LogStore
 
 from .executor import PartitionExecutor
-from .producer_state import BatchIdentity, ProducerStates
+from .producer_state import ProducerStates, write_snapshot
+from .producer_state import identity as _identity
+from .producer_state import rebuild as rebuild_producer_states
 
 log = logging.getLogger(__name__)
 
-# How much of the log tail is read to rebuild idempotent-producer state.
-PRODUCER_STATE_TAIL_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 
 
@@ -165,6 +165,10 @@ class PartitionLog:
         self._release_requested = True
         self._schedule()
 
+    def tick(self) -> None:
+        """Run the periodic upkeep (producer expiry) on the worker, even when idle."""
+        self._schedule()
+
     def submit(self, data: bytes, header: BatchHeader) -> asyncio.Future[int]:
         self.executor.reserve(self.key, len(data))
         future: asyncio.Future[int] = self.loop.create_future()
@@ -233,6 +237,8 @@ class PartitionLog:
             return
         if group:
             self._finish(group, self._not_owner("not serving"))
+        if self.status == "serving":
+            self._producers.expire_due(self.clock.wall_ms())
         self.loop.call_soon_threadsafe(self.ready.set)
 
     def _not_owner(self, why: str) -> NotOwner:
@@ -295,34 +301,10 @@ class PartitionLog:
         return state
 
     def _rebuild_producer_state(self) -> None:
-        budget = PRODUCER_STATE_TAIL_BYTES
-        tail: list[SealedSegment] = []
-        for segment in reversed(self._sealed):
-            if budget <= 0:
-                break
-            tail.append(segment)
-            budget -= segment.size
-        for segment in reversed(tail):
-            position = 0
-            while position < segment.size:
-                chunk = self.store.read(
-                    segment.path, position, min(READ_CHUNK_BYTES, segment.size - position)
-                )
-                consumed = 0
-                for batch_pos, header in iter_batches(chunk):
-                    self._producers.record(_identity(header), header.base_offset)
-                    consumed = batch_pos + header.total_size
-                if consumed == 0:
-                    if len(chunk) < READ_CHUNK_BYTES:
-                        break
-                    # one batch larger than the chunk: read it whole
-                    chunk = self.store.read(segment.path, position, segment.size - position)
-                    for batch_pos, header in iter_batches(chunk):
-                        self._producers.record(_identity(header), header.base_offset)
-                        consumed = batch_pos + header.total_size
-                    if consumed == 0:
-                        break
-                position += consumed
+        """From the newest producer snapshot and the batches after it (producer_state.py)."""
+        self._producers = rebuild_producer_states(
+            self.store, self._sealed, self.clock.wall_ms(), self._producers.expire_ms
+        )
 
     def _open_segment(self, base_offset: int) -> None:
         path = segment_path(self.cluster, self.topic, self.partition, base_offset, self.epoch)
@@ -398,6 +380,7 @@ class PartitionLog:
             return
         rest = headers[skip_count:]
         if rest:
+            now_ms = self.clock.wall_ms()
             segment = self._writable_segment()
             committed = self._committed
             self._write_and_check(segment, memoryview(pending.data)[skip_bytes:])
@@ -406,7 +389,7 @@ class PartitionLog:
                 segment.offsets.append(header.base_offset)
                 segment.positions.append(position)
                 segment.max_timestamps.append(header.max_timestamp)
-                self._producers.record(_identity(header), header.base_offset)
+                self._producers.record(_identity(header), header.base_offset, now_ms)
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
         self._resolve([(pending, self._committed.log_end)])
@@ -457,6 +440,7 @@ class PartitionLog:
         new_offsets: list[int] = []
         new_positions: list[int] = []
         new_timestamps: list[int] = []
+        now_ms = self.clock.wall_ms()
         for pending in group:
             identity = _identity(pending.header)
             try:
@@ -473,7 +457,7 @@ class PartitionLog:
             new_offsets.append(next_offset)
             new_positions.append(committed.open_size + at)
             new_timestamps.append(pending.header.max_timestamp)
-            self._producers.record(identity, next_offset)
+            self._producers.record(identity, next_offset, now_ms)
             results.append((pending, next_offset))
             next_offset += pending.header.record_count
         if buffer:
@@ -503,6 +487,7 @@ class PartitionLog:
             seg_index.write_indexes(self.store, segment.path, entries, segment.base_offset)
         except StorageError as exc:
             log.warning("could not write indexes for %s: %s", segment.path, exc)
+        write_snapshot(self.store, segment.path, self._producers, committed.log_end)
         sealed = SealedSegment(
             segment.base_offset, committed.log_end, committed.open_size, segment.path, entries
         )
@@ -521,6 +506,7 @@ class PartitionLog:
         self.loop.call_soon_threadsafe(self._after_give_up, why)
 
     def _after_give_up(self, why: str) -> None:
+        self.executor.unpin(self.key)
         self.ready.set()
         self._wake_waiters()
         self.on_lost(self, why)
@@ -638,15 +624,6 @@ class PartitionLog:
             "log_end": self._committed.log_end,
             "segments": len(self._sealed) + (1 if self._open else 0),
         }
-
-
-def _identity(header: BatchHeader) -> BatchIdentity:
-    """The batch's producer identity; a mirrored batch's ids belong to another cluster's
-    id space, so they are not tracked here (they would clash with ours after promotion)."""
-    producer_id = header.producer_id if not header.origin_cluster else -1
-    return BatchIdentity(
-        producer_id, header.producer_epoch, header.base_sequence, header.record_count
-    )
 
 
 def _position_of(data: bytes, wanted: BatchHeader) -> int:

@@ -63,6 +63,9 @@ class BrokerConfig:
     clock_offset_file: str = ""
 
 
+#: How often every owned partition runs its upkeep (producer expiry) even when idle.
+UPKEEP_INTERVAL_S = 10.0
+
 #: How often the clock offset file is re-read.
 CLOCK_OFFSET_POLL_S = 0.5
 
@@ -195,7 +198,15 @@ class Broker:
             clock=self.clock,
         )
         self.controller.start()
+        self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         log.info("broker %s serving on %s", self.broker_id, self.address)
+
+    async def _upkeep_loop(self) -> None:
+        """Wake idle partitions now and then: their producer entries must expire too."""
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL_S)
+            for plog in list(self.logs.values()):
+                plog.tick()
 
     async def serve_until_stopped(self) -> None:
         await self._stopped.wait()
@@ -204,6 +215,9 @@ class Broker:
         self._stopped.set()
 
     async def stop(self) -> None:
+        upkeep = getattr(self, "_upkeep", None)
+        if upkeep is not None:
+            upkeep.cancel()
         controller = getattr(self, "controller", None)
         if controller is not None:
             await asyncio.to_thread(controller.stop)

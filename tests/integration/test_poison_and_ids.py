@@ -174,3 +174,42 @@ def test_a_rebalance_drops_fetched_messages_so_commits_never_move_back(
     finally:
         for consumer in (a, b, standalone):
             consumer.close()
+
+
+def test_a_retry_is_deduplicated_after_an_owner_move_past_64_mib(cluster: LocalCluster) -> None:
+    """Dedup state used to come from the last 64 MiB of the log only; producer-state
+    snapshots at each roll carry it across owner moves however much was written since."""
+    from talos.config import TopicConfig
+
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic(
+            "dedup", 1, TopicConfig(durability="flush", segment_bytes=4 * 1024 * 1024)
+        )
+        admin.wait_until_ready("dedup")
+    owner = owner_address(cluster.bootstrap, "dedup", 0)
+    first = encode_batch(
+        [Record(b"first", timestamp_ms=TS)],
+        producer_id=2**40 + 7,
+        producer_epoch=0,
+        base_sequence=0,
+    )
+    assert raw_produce(owner, "dedup", 0, first).base_offset == 0
+    filler = Record(b"f" * 900_000, timestamp_ms=TS)
+    for i in range(110):  # about 99 MB (> 64 MiB + a segment), from another producer
+        batch = encode_batch([filler], producer_id=99, producer_epoch=0, base_sequence=i)
+        result = raw_produce(owner, "dedup", 0, batch)
+        assert result.error.code == ErrorCode.NONE and result.base_offset == i + 1, result
+
+    (old_owner,) = [b for b in cluster.brokers if b.address == owner]
+    old_owner.stop()
+    deadline = time.monotonic() + 60
+    new_owner = owner
+    while new_owner == owner and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with Admin(cluster.bootstrap) as admin:
+            new_owner = admin.wait_until_ready("dedup").partitions[0].owner_address or owner
+    assert new_owner != owner
+    retry = raw_produce(new_owner, "dedup", 0, first)
+    assert retry.error.code == ErrorCode.NONE, retry
+    assert retry.base_offset == 0  # the original offset, not a second copy at 111
+    assert log_ends(cluster.bootstrap, "dedup") == [111]
