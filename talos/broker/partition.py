@@ -45,6 +45,7 @@ from talos.record.batch import (
 from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
+    find_position,
     read_batches,
     scan_segment,
     segment_path,
@@ -79,28 +80,29 @@ class SealedSegment:
     end_offset: int
     size: int
     path: str
-    _entries: list[seg_index.IndexEntry] | None = None
 
     def entries(self, store: LogStore) -> list[seg_index.IndexEntry]:
-        if self._entries is None:
+        """From the broker's byte-bounded LRU of sealed indexes (storage/index.py)."""
+
+        def load() -> list[seg_index.IndexEntry]:
             entries = seg_index.load_indexes(store, self.path, self.base_offset)
             if entries is None:
                 entries = scan_segment(store, self.path, self.base_offset).entries
-            self._entries = entries
-        return self._entries
+            return entries
+
+        return seg_index.SEALED_INDEXES.get(self.path, load)
 
 
 @dataclass
 class OpenSegment:
-    """Our own segment; every batch's offset and position are kept for exact seeks."""
+    """Our own segment, with a sparse index built as batches are appended (one entry
+    per 4 KiB of log, not one per batch: memory stays bounded however small the batches)."""
 
     base_offset: int
     path: str
     created_ms: int
     stream: AppendStream
-    offsets: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    max_timestamps: list[int] = field(default_factory=list)
+    index: seg_index.SparseIndexBuilder = field(default_factory=seg_index.SparseIndexBuilder)
 
 
 @dataclass(frozen=True)
@@ -386,9 +388,9 @@ class PartitionLog:
             self._write_and_check(segment, memoryview(pending.data)[skip_bytes:])
             position = committed.open_size
             for header in rest:
-                segment.offsets.append(header.base_offset)
-                segment.positions.append(position)
-                segment.max_timestamps.append(header.max_timestamp)
+                segment.index.add(
+                    header.base_offset, position, header.total_size, header.max_timestamp
+                )
                 self._producers.record(_identity(header), header.base_offset, now_ms)
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
@@ -437,9 +439,7 @@ class PartitionLog:
         buffer = bytearray()
         results: list[tuple[PendingAppend, int | TalosError]] = []
         next_offset = committed.log_end
-        new_offsets: list[int] = []
-        new_positions: list[int] = []
-        new_timestamps: list[int] = []
+        indexed: list[tuple[int, int, int, int]] = []  # (offset, position, size, max ts)
         now_ms = self.clock.wall_ms()
         for pending in group:
             identity = _identity(pending.header)
@@ -454,17 +454,18 @@ class PartitionLog:
             at = len(buffer)
             buffer += pending.data
             stamp_base_offset(buffer, at, next_offset)
-            new_offsets.append(next_offset)
-            new_positions.append(committed.open_size + at)
-            new_timestamps.append(pending.header.max_timestamp)
+            header = pending.header
+            indexed.append(
+                (next_offset, committed.open_size + at, header.total_size, header.max_timestamp)
+            )
             self._producers.record(identity, next_offset, now_ms)
             results.append((pending, next_offset))
             next_offset += pending.header.record_count
         if buffer:
             self._write_and_check(segment, buffer)
-            segment.offsets.extend(new_offsets)
-            segment.positions.extend(new_positions)
-            segment.max_timestamps.extend(new_timestamps)
+            add = segment.index.add
+            for entry in indexed:
+                add(*entry)
             self._committed = Committed(next_offset, committed.open_size + len(buffer))
         self._resolve(results)
 
@@ -482,14 +483,15 @@ class PartitionLog:
         except TalosError as exc:
             raise self._not_owner(f"roll refused: {exc}") from exc
         segment.stream.close()
-        entries = _sparse_entries(segment)
+        entries = segment.index.entries
+        seg_index.SEALED_INDEXES.put(segment.path, entries)
         try:
             seg_index.write_indexes(self.store, segment.path, entries, segment.base_offset)
         except StorageError as exc:
             log.warning("could not write indexes for %s: %s", segment.path, exc)
         write_snapshot(self.store, segment.path, self._producers, committed.log_end)
         sealed = SealedSegment(
-            segment.base_offset, committed.log_end, committed.open_size, segment.path, entries
+            segment.base_offset, committed.log_end, committed.open_size, segment.path
         )
         self._open_segment(committed.log_end)
         self._sealed = (*self._sealed, sealed)
@@ -550,9 +552,9 @@ class PartitionLog:
                 log_end=committed.log_end,
             )
         if segment is not None and offset >= segment.base_offset:
-            count = len(segment.offsets)
-            index = bisect.bisect_right(segment.offsets, offset, 0, count) - 1
-            position = segment.positions[max(index, 0)]
+            position = find_position(
+                self.store, segment.path, segment.index.live_entries, offset, committed.open_size
+            )
             return read_batches(self.store, segment.path, position, max_bytes, committed.open_size)
         for sealed_segment in sealed:
             if sealed_segment.base_offset <= offset < sealed_segment.end_offset:
@@ -631,13 +633,3 @@ def _position_of(data: bytes, wanted: BatchHeader) -> int:
         if header.base_offset == wanted.base_offset:
             return position
     return 0
-
-
-def _sparse_entries(segment: OpenSegment) -> list[seg_index.IndexEntry]:
-    builder = seg_index.SparseIndexBuilder()
-    positions = [*segment.positions]
-    for i, offset in enumerate(segment.offsets):
-        end = positions[i + 1] if i + 1 < len(positions) else positions[i]
-        builder.add(offset, positions[i], max(end - positions[i], 0), segment.max_timestamps[i])
-    entries: list[seg_index.IndexEntry] = builder.entries
-    return entries

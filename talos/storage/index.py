@@ -25,7 +25,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from talos.errors import InvalidArgument
@@ -72,6 +74,15 @@ class SparseIndexBuilder:
     @property
     def entries(self) -> list[IndexEntry]:
         return list(self._entries)
+
+    @property
+    def live_entries(self) -> Sequence[IndexEntry]:
+        """The entries themselves, not a copy: readers on other threads may bisect them
+        while the writer appends (entries are only ever appended, in offset order)."""
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _encode(magic: bytes, segment_base: int, rows: Sequence[tuple[int, int]]) -> bytes:
@@ -195,3 +206,65 @@ def load_indexes(store: LogStore, segment_path: str, segment_base: int) -> list[
             return None
         entries.append(IndexEntry(offset, position, max_timestamp))
     return entries
+
+
+# --- the broker's cache of sealed segments' indexes ---------------------------------------
+
+# What one cached entry costs in memory: the IndexEntry object and its three ints.
+ENTRY_COST_BYTES = 160
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class IndexCache:
+    """Sealed segments' index entries by segment path, least recently used first out,
+    bounded in bytes: a broker that reads many old segments keeps only the hot ones."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes: must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, list[IndexEntry]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, path: str, entries: list[IndexEntry]) -> None:
+        cost = (len(entries) + 1) * ENTRY_COST_BYTES
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
+            if cost > self.max_bytes:
+                return
+            self._items[path] = entries
+            self._bytes += cost
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= (len(evicted) + 1) * ENTRY_COST_BYTES
+
+    def get(self, path: str, load: Callable[[], list[IndexEntry]]) -> list[IndexEntry]:
+        """The cached entries of ``path``, else ``load()``'s (cached for next time)."""
+        with self._lock:
+            entries = self._items.get(path)
+            if entries is not None:
+                self._items.move_to_end(path)
+                return entries
+        entries = load()  # outside the lock: it reads the store
+        self.put(path, entries)
+        return entries
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
+
+
+#: One per broker process, shared by all its partitions.
+SEALED_INDEXES = IndexCache()
