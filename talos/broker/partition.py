@@ -54,7 +54,7 @@ from talos.storage.segment import (
 from talos.storage.store import AppendStream, Durability, LogStore
 
 from .executor import PartitionExecutor
-from .producer_state import ProducerStates, write_snapshot
+from .producer_state import DEFAULT_EXPIRE_MS, ProducerStates, write_snapshot
 from .producer_state import identity as _identity
 from .producer_state import rebuild as rebuild_producer_states
 
@@ -128,6 +128,7 @@ class PartitionLog:
         loop: asyncio.AbstractEventLoop,
         clock: Clock,
         on_lost: Callable[[PartitionLog, str], None],
+        producer_expire_ms: int = DEFAULT_EXPIRE_MS,
     ) -> None:
         self.cluster = cluster
         self.topic = topic
@@ -148,7 +149,7 @@ class PartitionLog:
         self._sealed: tuple[SealedSegment, ...] = ()
         self._open: OpenSegment | None = None
         self._committed = Committed(0, 0)
-        self._producers = ProducerStates()
+        self._producers = ProducerStates(producer_expire_ms)
         self._lock = threading.Lock()
         self._pending: list[PendingAppend] = []
         self._scheduled = False

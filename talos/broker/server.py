@@ -34,6 +34,7 @@ from talos.storage.store import LogStore
 
 from .executor import PartitionExecutor
 from .partition import PartitionLog
+from .producer_state import DEFAULT_EXPIRE_MS
 from .service import BrokerService, topic_config_to_proto
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class BrokerConfig:
     reassign_delay_ms: int = 0
     # A file holding a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps).
     clock_offset_file: str = ""
+    # Idle time after which a producer's dedup entry is forgotten (producer_state.py).
+    producer_expire_ms: int = DEFAULT_EXPIRE_MS
 
 
 #: How often every owned partition runs its upkeep (producer expiry) even when idle.
@@ -278,6 +281,7 @@ class Broker:
                 loop=self._loop,
                 clock=self.clock,
                 on_lost=self._on_lost,
+                producer_expire_ms=self.config.producer_expire_ms,
             )
             self.logs[key] = plog
             plog.start()
