@@ -90,7 +90,7 @@ class SealedSegment:
                 entries = scan_segment(store, self.path, self.base_offset).entries
             return entries
 
-        return seg_index.SEALED_INDEXES.get(self.path, load)
+        return seg_index.SEALED_INDEXES.get((self.path, self.end_offset, self.size), load)
 
 
 @dataclass
@@ -485,7 +485,9 @@ class PartitionLog:
             raise self._not_owner(f"roll refused: {exc}") from exc
         segment.stream.close()
         entries = segment.index.entries
-        seg_index.SEALED_INDEXES.put(segment.path, entries)
+        seg_index.SEALED_INDEXES.put(
+            (segment.path, committed.log_end, committed.open_size), entries
+        )
         try:
             seg_index.write_indexes(self.store, segment.path, entries, segment.base_offset)
         except StorageError as exc:

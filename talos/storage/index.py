@@ -215,15 +215,20 @@ ENTRY_COST_BYTES = 160
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
+CacheKey = tuple[str, int, int]  # segment path, sealed end offset, sealed size
+
+
 class IndexCache:
-    """Sealed segments' index entries by segment path, least recently used first out,
-    bounded in bytes: a broker that reads many old segments keeps only the hot ones."""
+    """Sealed segments' index entries, least recently used first out, bounded in bytes:
+    a broker that reads many old segments keeps only the hot ones. The key holds the
+    sealed end and size with the path, so a file of the same name written later (a
+    topic deleted and created again) never meets another's entries."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise InvalidArgument(f"max_bytes: must be an integer >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, list[IndexEntry]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, list[IndexEntry]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -234,34 +239,34 @@ class IndexCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, path: str, entries: list[IndexEntry]) -> None:
+    def put(self, key: CacheKey, entries: list[IndexEntry]) -> None:
         cost = (len(entries) + 1) * ENTRY_COST_BYTES
         with self._lock:
-            old = self._items.pop(path, None)
+            old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
             if cost > self.max_bytes:
                 return
-            self._items[path] = entries
+            self._items[key] = entries
             self._bytes += cost
             while self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= (len(evicted) + 1) * ENTRY_COST_BYTES
 
-    def get(self, path: str, load: Callable[[], list[IndexEntry]]) -> list[IndexEntry]:
-        """The cached entries of ``path``, else ``load()``'s (cached for next time)."""
+    def get(self, key: CacheKey, load: Callable[[], list[IndexEntry]]) -> list[IndexEntry]:
+        """The cached entries of ``key``, else ``load()``'s (cached for next time)."""
         with self._lock:
-            entries = self._items.get(path)
+            entries = self._items.get(key)
             if entries is not None:
-                self._items.move_to_end(path)
+                self._items.move_to_end(key)
                 return entries
         entries = load()  # outside the lock: it reads the store
-        self.put(path, entries)
+        self.put(key, entries)
         return entries
 
-    def drop(self, path: str) -> None:
+    def drop(self, key: CacheKey) -> None:
         with self._lock:
-            old = self._items.pop(path, None)
+            old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
 
