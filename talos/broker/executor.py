@@ -27,7 +27,6 @@ class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.queued_bytes = 0
         self.partitions = 0
         self.thread = threading.Thread(
             target=self._run, name=f"partition-worker-{index}", daemon=True
@@ -57,6 +56,9 @@ class PartitionExecutor:
         self._workers = [_Worker(i) for i in range(workers)]
         self._pins: dict[Hashable, _Worker] = {}
         self._pin_counts: dict[Hashable, int] = {}
+        # Bytes queued per partition (a worker's load is the sum over its partitions,
+        # counted when a new partition is placed), whether or not it is still pinned.
+        self._key_bytes: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self._queued_bytes = 0
         for worker in self._workers:
@@ -92,7 +94,12 @@ class PartitionExecutor:
     def _worker_for(self, key: Hashable) -> _Worker:
         worker = self._pins.get(key)
         if worker is None:
-            loads = [(w.queued_bytes, w.partitions) for w in self._workers]
+            queued = [0] * len(self._workers)
+            for pinned, nbytes in self._key_bytes.items():
+                holder = self._pins.get(pinned)
+                if holder is not None:
+                    queued[holder.index] += nbytes
+            loads = [(queued[w.index], w.partitions) for w in self._workers]
             worker = self._workers[pick_least_loaded(loads)]
             if key in self._pin_counts:
                 worker.partitions += 1
@@ -108,16 +115,14 @@ class PartitionExecutor:
                     f"{self.max_queued_bytes}); retry later"
                 )
             self._queued_bytes += nbytes
-            worker = self._pins.get(key)
-            if worker is not None:
-                worker.queued_bytes += nbytes
+            self._key_bytes[key] = self._key_bytes.get(key, 0) + nbytes
 
     def release(self, key: Hashable, nbytes: int) -> None:
         with self._lock:
             self._queued_bytes -= nbytes
-            worker = self._pins.get(key)
-            if worker is not None:
-                worker.queued_bytes -= nbytes
+            left = self._key_bytes.pop(key, 0) - nbytes
+            if left > 0:
+                self._key_bytes[key] = left
 
     def submit(self, key: Hashable, job: Job) -> None:
         """Run ``job`` on the partition's worker; an unpinned key's job (a late one after
