@@ -33,8 +33,11 @@ None and the owner replays instead::
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import struct
+from array import array
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -72,21 +75,6 @@ class BatchIdentity(NamedTuple):
     record_count: int
 
 
-class ProducerEntry:
-    """One producer's state; ``recent`` is flat (base_sequence, base_offset, ...), oldest
-    first, so an entry costs a few hundred bytes, not a deque's kilobyte."""
-
-    __slots__ = ("epoch", "last_seen_ms", "last_sequence", "recent")
-
-    def __init__(
-        self, epoch: int, last_sequence: int, last_seen_ms: int, recent: list[int] | None = None
-    ) -> None:
-        self.epoch = epoch
-        self.last_sequence = last_sequence
-        self.last_seen_ms = last_seen_ms
-        self.recent: list[int] = recent if recent is not None else []
-
-
 class Duplicate(NamedTuple):
     base_offset: int
 
@@ -97,43 +85,68 @@ def _check_expire_ms(expire_ms: int) -> int:
     return expire_ms
 
 
+# One producer's state in a fixed-size slot: epoch, last sequence, last seen (broker wall
+# ms), how many recent batches, then REMEMBERED_BATCHES x (base_sequence, base_offset),
+# oldest first.
+_SLOT = struct.Struct("<iiqB3x" + "iq" * REMEMBERED_BATCHES)
+_LAST_SEEN = struct.Struct("<q")
+_LAST_SEEN_AT = 8
+_SLOT_FIELDS = 4
+
+
 class ProducerStates:
-    """Producer id -> its last sequence and recent batches, for one partition."""
+    """Producer id -> its last sequence and recent batches, for one partition.
+
+    Kept as a sorted array of ids and a parallel bytearray of fixed-size slots: no
+    Python object per producer, so a broker with a million producer entries holds
+    about 100 MB less than with objects, and expiry gives the memory back (two large
+    buffers are replaced, instead of small objects freed all over the heap).
+    """
 
     def __init__(self, expire_ms: int = DEFAULT_EXPIRE_MS) -> None:
         self.expire_ms = _check_expire_ms(expire_ms)
-        self._entries: dict[int, ProducerEntry] = {}
+        self._ids = array("q")
+        self._slots = bytearray()
         self._next_scan_ms: int | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._ids)
+
+    def _find(self, producer_id: int) -> int:
+        """The index of the producer's slot, or -1 - (where it would go)."""
+        ids = self._ids
+        i = bisect.bisect_left(ids, producer_id)
+        if i < len(ids) and ids[i] == producer_id:
+            return i
+        return -1 - i
 
     def check(self, batch: BatchIdentity) -> Duplicate | None:
         """None: append it. Duplicate: already stored at that offset. Raises when invalid."""
         if batch.producer_id < 0:
             return None
-        entry = self._entries.get(batch.producer_id)
-        if entry is None:
+        i = self._find(batch.producer_id)
+        if i < 0:
             return None
-        if batch.producer_epoch < entry.epoch:
+        slot = _SLOT.unpack_from(self._slots, i * _SLOT.size)
+        epoch, last_sequence, _, count = slot[:_SLOT_FIELDS]
+        if batch.producer_epoch < epoch:
             raise ProducerFenced(
                 f"producer {batch.producer_id} epoch {batch.producer_epoch} is older than "
-                f"epoch {entry.epoch}"
+                f"epoch {epoch}"
             )
-        if batch.producer_epoch > entry.epoch:
+        if batch.producer_epoch > epoch:
             if batch.base_sequence != 0:
                 raise OutOfOrderSequence(
                     f"producer {batch.producer_id}: a new epoch must start at sequence 0, "
                     f"got {batch.base_sequence}"
                 )
             return None
-        recent = entry.recent
-        for i in range(0, len(recent), 2):
-            if recent[i] == batch.base_sequence:
-                return Duplicate(recent[i + 1])
-        if batch.base_sequence != entry.last_sequence + 1:
+        for j in range(_SLOT_FIELDS, _SLOT_FIELDS + 2 * count, 2):
+            if slot[j] == batch.base_sequence:
+                return Duplicate(slot[j + 1])
+        if batch.base_sequence != last_sequence + 1:
             raise OutOfOrderSequence(
-                f"producer {batch.producer_id}: expected sequence {entry.last_sequence + 1}, "
+                f"producer {batch.producer_id}: expected sequence {last_sequence + 1}, "
                 f"got {batch.base_sequence}"
             )
         return None
@@ -142,29 +155,48 @@ class ProducerStates:
         """Remember a batch that was written at base_offset, at broker wall time now_ms."""
         if batch.producer_id < 0 or batch.base_sequence < 0:
             return
-        entry = self._entries.get(batch.producer_id)
-        if entry is None or batch.producer_epoch > entry.epoch:
-            entry = ProducerEntry(batch.producer_epoch, -1, now_ms)
-            self._entries[batch.producer_id] = entry
-        entry.last_sequence = batch.base_sequence + batch.record_count - 1
-        entry.last_seen_ms = max(entry.last_seen_ms, now_ms)
-        recent = entry.recent
-        if len(recent) >= 2 * REMEMBERED_BATCHES:
-            del recent[:2]
-        recent += (batch.base_sequence, base_offset)
+        i = self._find(batch.producer_id)
+        recent: tuple[int, ...] = ()
+        last_seen = now_ms
+        if i < 0:
+            i = -1 - i
+            self._ids.insert(i, batch.producer_id)
+            at = i * _SLOT.size
+            self._slots[at:at] = bytes(_SLOT.size)
+        else:
+            slot = _SLOT.unpack_from(self._slots, i * _SLOT.size)
+            if batch.producer_epoch <= slot[0]:  # a new epoch starts afresh
+                last_seen = max(slot[2], now_ms)
+                recent = slot[_SLOT_FIELDS : _SLOT_FIELDS + 2 * slot[3]]
+        recent = (*recent[-2 * (REMEMBERED_BATCHES - 1) :], batch.base_sequence, base_offset)
+        self._store(i, batch.producer_epoch, batch.base_sequence + batch.record_count - 1,
+                    last_seen, recent)  # fmt: skip
+
+    def _store(
+        self, i: int, epoch: int, last_sequence: int, last_seen: int, recent: Sequence[int]
+    ) -> None:
+        padding = (0,) * (2 * REMEMBERED_BATCHES - len(recent))
+        _SLOT.pack_into(
+            self._slots, i * _SLOT.size, epoch, last_sequence, last_seen, len(recent) // 2,
+            *recent, *padding,
+        )  # fmt: skip
 
     def expire(self, now_ms: int) -> int:
-        """Forget producers idle for ``expire_ms`` or more; how many were forgotten.
-
-        The survivors move to a new dict: a dict never shrinks by deletion, and the
-        point of expiry is to give the memory back.
-        """
+        """Forget producers idle for ``expire_ms`` or more; how many were forgotten."""
         cutoff = now_ms - self.expire_ms
-        before = len(self._entries)
-        self._entries = {
-            pid: entry for pid, entry in self._entries.items() if entry.last_seen_ms > cutoff
-        }
-        return before - len(self._entries)
+        slots, size = self._slots, _SLOT.size
+        keep = [
+            i
+            for i in range(len(self._ids))
+            if _LAST_SEEN.unpack_from(slots, i * size + _LAST_SEEN_AT)[0] > cutoff
+        ]
+        forgotten = len(self._ids) - len(keep)
+        if forgotten:
+            view = memoryview(slots)
+            self._ids = array("q", [self._ids[i] for i in keep])
+            self._slots = bytearray(b"".join(view[i * size : (i + 1) * size] for i in keep))
+            view.release()
+        return forgotten
 
     def expire_due(self, now_ms: int) -> int:
         """:meth:`expire` at most once per scan interval of wall time (cheap to call often);
@@ -178,14 +210,13 @@ class ProducerStates:
     # ---- snapshots ------------------------------------------------------------------------
 
     def encode(self, end_offset: int) -> bytes:
-        out = bytearray(_HEAD.pack(_MAGIC, end_offset, len(self._entries)))
-        for pid, entry in self._entries.items():
-            recent = entry.recent
-            out += _ENTRY.pack(
-                pid, entry.epoch, entry.last_sequence, entry.last_seen_ms, len(recent) // 2
-            )
-            for i in range(0, len(recent), 2):
-                out += _RECENT.pack(recent[i], recent[i + 1])
+        out = bytearray(_HEAD.pack(_MAGIC, end_offset, len(self._ids)))
+        for i, pid in enumerate(self._ids):
+            slot = _SLOT.unpack_from(self._slots, i * _SLOT.size)
+            count = slot[3]
+            out += _ENTRY.pack(pid, slot[0], slot[1], slot[2], count)
+            for j in range(_SLOT_FIELDS, _SLOT_FIELDS + 2 * count, 2):
+                out += _RECENT.pack(slot[j], slot[j + 1])
         out += _CRC.pack(crc32c(out))
         return bytes(out)
 
@@ -204,19 +235,29 @@ class ProducerStates:
             return None
         states = cls(expire_ms)
         pos = _HEAD.size
+        entries: list[tuple[int, int, int, int, list[int]]] = []
         try:
             for _ in range(count):
                 pid, epoch, last_sequence, last_seen, n = _ENTRY.unpack_from(body, pos)
                 pos += _ENTRY.size
                 recent: list[int] = []
-                for _ in range(min(n, REMEMBERED_BATCHES)):
+                for _ in range(n):
                     recent += _RECENT.unpack_from(body, pos)
                     pos += _RECENT.size
-                pos += _RECENT.size * max(0, n - REMEMBERED_BATCHES)
-                states._entries[pid] = ProducerEntry(epoch, last_sequence, last_seen, recent)
+                entries.append((pid, epoch, last_sequence, last_seen, recent))
         except struct.error:
             return None
-        return states if pos == len(body) else None
+        if pos != len(body):
+            return None
+        entries.sort()
+        if any(a[0] >= b[0] for a, b in itertools.pairwise(entries)):
+            return None  # an id twice
+        states._ids = array("q", [e[0] for e in entries])
+        states._slots = bytearray(len(entries) * _SLOT.size)
+        for i, (_, epoch, last_sequence, last_seen, recent) in enumerate(entries):
+            recent = recent[-2 * REMEMBERED_BATCHES :]
+            states._store(i, epoch, last_sequence, last_seen, recent)
+        return states
 
 
 # ---- files: snapshots and the rebuild at takeover (I/O) --------------------------------------
