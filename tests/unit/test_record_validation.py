@@ -130,7 +130,7 @@ records = st.builds(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     recs=st.lists(records, min_size=1, max_size=20),
     repeat=st.integers(1, 30),
