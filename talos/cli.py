@@ -64,6 +64,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         reassign_delay_ms=args.reassign_delay_ms,
         clock_offset_file=args.clock_offset_file or "",
+        producer_expire_ms=args.producer_expire_ms,
     )
 
     def ready(address: str) -> None:
@@ -382,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--clock-offset-file",
         default=None,
         help="file with a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps)",
+    )
+    broker.add_argument(
+        "--producer-expire-ms",
+        type=_positive_int("producer-expire-ms", 1),
+        default=7 * 24 * 3600 * 1000,
+        help="forget an idempotent producer idle this long on a partition (default 7 days); "
+        "its retries are deduplicated until then",
     )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 

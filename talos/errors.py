@@ -79,6 +79,28 @@ class CorruptBatch(TalosError):
     code = ErrorCode.CORRUPT_BATCH
 
 
+class CorruptRecords(CorruptBatch):
+    """A consumer met a batch it cannot decode (client side only, never on the wire).
+
+    The records before it were returned; ``seek(TopicPartition(topic, partition),
+    next_offset)`` skips the batch, as a Kafka application seeks past a bad record.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+        next_offset: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.next_offset = next_offset
+
+
 class MessageTooLarge(TalosError):
     code = ErrorCode.MESSAGE_TOO_LARGE
 

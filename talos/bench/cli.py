@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .memory import add_memory_parser
 from .mirror import add_mirror_parser
 from .runner import MODES, BenchConfig, run, write_json
 from .stats import format_summary
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         _add_common(p, mode)
         p.set_defaults(func=cmd_bench, bench_mode=mode)
     add_mirror_parser(bench_sub)
+    add_memory_parser(bench_sub)
 
 
 _HELP = {

@@ -49,6 +49,7 @@ from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
     partition_dir,
+    find_position,
     read_batches,
     scan_segment,
     segment_of_file,
@@ -58,12 +59,12 @@ from talos.storage.segment import (
 from talos.storage.store import AppendStream, Durability, LogStore
 
 from .executor import PartitionExecutor
-from .producer_state import BatchIdentity, ProducerStates
+from .producer_state import DEFAULT_EXPIRE_MS, ProducerStates, write_snapshot
+from .producer_state import identity as _identity
+from .producer_state import rebuild as rebuild_producer_states
 
 log = logging.getLogger(__name__)
 
-# How much of the log tail is read to rebuild idempotent-producer state.
-PRODUCER_STATE_TAIL_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 RETIRE_ATTEMPTS = 20
 
@@ -85,7 +86,6 @@ class SealedSegment:
     end_offset: int
     size: int
     path: str
-    _entries: list[seg_index.IndexEntry] | None = None
     epoch: int = 0
     max_timestamp: int = -1  # -1: not recorded; read from the time index when needed
     sealed_ms: int = -1  # when it was sealed (SegmentInfo.sealed_ms)
@@ -97,25 +97,27 @@ class SealedSegment:
         return max(self.max_timestamp, self.sealed_ms)
 
     def entries(self, store: LogStore) -> list[seg_index.IndexEntry]:
-        if self._entries is None:
+        """From the broker's byte-bounded LRU of sealed indexes (storage/index.py)."""
+
+        def load() -> list[seg_index.IndexEntry]:
             entries = seg_index.load_indexes(store, self.path, self.base_offset)
             if entries is None:
                 entries = scan_segment(store, self.path, self.base_offset).entries
-            self._entries = entries
-        return self._entries
+            return entries
+
+        return seg_index.SEALED_INDEXES.get((self.path, self.end_offset, self.size), load)
 
 
 @dataclass
 class OpenSegment:
-    """Our own segment; every batch's offset and position are kept for exact seeks."""
+    """Our own segment, with a sparse index built as batches are appended (one entry
+    per 4 KiB of log, not one per batch: memory stays bounded however small the batches)."""
 
     base_offset: int
     path: str
     created_ms: int
     stream: AppendStream
-    offsets: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    max_timestamps: list[int] = field(default_factory=list)
+    index: seg_index.SparseIndexBuilder = field(default_factory=seg_index.SparseIndexBuilder)
     max_timestamp: int = -1  # the newest record timestamp written so far
 
 
@@ -143,6 +145,7 @@ class PartitionLog:
         loop: asyncio.AbstractEventLoop,
         clock: Clock,
         on_lost: Callable[[PartitionLog, str], None],
+        producer_expire_ms: int = DEFAULT_EXPIRE_MS,
     ) -> None:
         self.cluster = cluster
         self.topic = topic
@@ -165,7 +168,7 @@ class PartitionLog:
         self._sealed: tuple[SealedSegment, ...] = ()
         self._open: OpenSegment | None = None
         self._committed = Committed(0, 0)
-        self._producers = ProducerStates()
+        self._producers = ProducerStates(producer_expire_ms)
         self._lock = threading.Lock()
         self._pending: list[PendingAppend] = []
         self._scheduled = False
@@ -189,6 +192,10 @@ class PartitionLog:
     def release(self) -> None:
         """Stop serving (the assignment moved); the next owner fences our segment."""
         self._release_requested = True
+        self._schedule()
+
+    def tick(self) -> None:
+        """Run the periodic upkeep (producer expiry) on the worker, even when idle."""
         self._schedule()
 
     def submit(self, data: bytes, header: BatchHeader) -> asyncio.Future[int]:
@@ -262,6 +269,8 @@ class PartitionLog:
             return
         if group:
             self._finish(group, self._not_owner("not serving"))
+        if self.status == "serving":
+            self._producers.expire_due(self.clock.wall_ms())
         self.loop.call_soon_threadsafe(self.ready.set)
 
     def _not_owner(self, why: str) -> NotOwner:
@@ -345,34 +354,10 @@ class PartitionLog:
         return state
 
     def _rebuild_producer_state(self) -> None:
-        budget = PRODUCER_STATE_TAIL_BYTES
-        tail: list[SealedSegment] = []
-        for segment in reversed(self._sealed):
-            if budget <= 0:
-                break
-            tail.append(segment)
-            budget -= segment.size
-        for segment in reversed(tail):
-            position = 0
-            while position < segment.size:
-                chunk = self.store.read(
-                    segment.path, position, min(READ_CHUNK_BYTES, segment.size - position)
-                )
-                consumed = 0
-                for batch_pos, header in iter_batches(chunk):
-                    self._producers.record(_identity(header), header.base_offset)
-                    consumed = batch_pos + header.total_size
-                if consumed == 0:
-                    if len(chunk) < READ_CHUNK_BYTES:
-                        break
-                    # one batch larger than the chunk: read it whole
-                    chunk = self.store.read(segment.path, position, segment.size - position)
-                    for batch_pos, header in iter_batches(chunk):
-                        self._producers.record(_identity(header), header.base_offset)
-                        consumed = batch_pos + header.total_size
-                    if consumed == 0:
-                        break
-                position += consumed
+        """From the newest producer snapshot and the batches after it (producer_state.py)."""
+        self._producers = rebuild_producer_states(
+            self.store, self._sealed, self.clock.wall_ms(), self._producers.expire_ms
+        )
 
     def _open_segment(self, base_offset: int) -> None:
         """Create our registered segment, then confirm we still own the partition.
@@ -472,16 +457,17 @@ class PartitionLog:
             return
         rest = headers[skip_count:]
         if rest:
+            now_ms = self.clock.wall_ms()
             segment = self._writable_segment()
             committed = self._committed
             self._write_and_check(segment, memoryview(pending.data)[skip_bytes:])
             position = committed.open_size
             for header in rest:
-                segment.offsets.append(header.base_offset)
-                segment.positions.append(position)
-                segment.max_timestamps.append(header.max_timestamp)
+                segment.index.add(
+                    header.base_offset, position, header.total_size, header.max_timestamp
+                )
                 segment.max_timestamp = max(segment.max_timestamp, header.max_timestamp)
-                self._producers.record(_identity(header), header.base_offset)
+                self._producers.record(_identity(header), header.base_offset, now_ms)
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
         self._resolve([(pending, self._committed.log_end)])
@@ -529,9 +515,8 @@ class PartitionLog:
         buffer = bytearray()
         results: list[tuple[PendingAppend, int | TalosError]] = []
         next_offset = committed.log_end
-        new_offsets: list[int] = []
-        new_positions: list[int] = []
-        new_timestamps: list[int] = []
+        indexed: list[tuple[int, int, int, int]] = []  # (offset, position, size, max ts)
+        now_ms = self.clock.wall_ms()
         for pending in group:
             identity = _identity(pending.header)
             try:
@@ -545,18 +530,19 @@ class PartitionLog:
             at = len(buffer)
             buffer += pending.data
             stamp_base_offset(buffer, at, next_offset)
-            new_offsets.append(next_offset)
-            new_positions.append(committed.open_size + at)
-            new_timestamps.append(pending.header.max_timestamp)
-            self._producers.record(identity, next_offset)
+            header = pending.header
+            indexed.append(
+                (next_offset, committed.open_size + at, header.total_size, header.max_timestamp)
+            )
+            self._producers.record(identity, next_offset, now_ms)
             results.append((pending, next_offset))
             next_offset += pending.header.record_count
         if buffer:
             self._write_and_check(segment, buffer)
-            segment.offsets.extend(new_offsets)
-            segment.positions.extend(new_positions)
-            segment.max_timestamps.extend(new_timestamps)
-            segment.max_timestamp = max(segment.max_timestamp, *new_timestamps)
+            add = segment.index.add
+            for entry in indexed:
+                add(*entry)
+                segment.max_timestamp = max(segment.max_timestamp, entry[3])
             self._committed = Committed(next_offset, committed.open_size + len(buffer))
         self._resolve(results)
 
@@ -578,17 +564,20 @@ class PartitionLog:
         except TalosError as exc:
             raise self._not_owner(f"roll refused: {exc}") from exc
         segment.stream.close()
-        entries = _sparse_entries(segment)
+        entries = segment.index.entries
+        seg_index.SEALED_INDEXES.put(
+            (segment.path, committed.log_end, committed.open_size), entries
+        )
         try:
             seg_index.write_indexes(self.store, segment.path, entries, segment.base_offset)
         except StorageError as exc:
             log.warning("could not write indexes for %s: %s", segment.path, exc)
+        write_snapshot(self.store, segment.path, self._producers, committed.log_end)
         sealed = SealedSegment(
             segment.base_offset,
             committed.log_end,
             committed.open_size,
             segment.path,
-            entries,
             epoch=self.epoch,
             max_timestamp=segment.max_timestamp,
             sealed_ms=new_state.segments[-2].sealed_ms,
@@ -659,6 +648,7 @@ class PartitionLog:
         self.loop.call_soon_threadsafe(self._after_give_up, why)
 
     def _after_give_up(self, why: str) -> None:
+        self.executor.unpin(self.key)
         self.ready.set()
         self._wake_waiters()
         self.on_lost(self, why)
@@ -709,9 +699,9 @@ class PartitionLog:
                 log_end=committed.log_end,
             )
         if segment is not None and offset >= segment.base_offset:
-            count = len(segment.offsets)
-            index = bisect.bisect_right(segment.offsets, offset, 0, count) - 1
-            position = segment.positions[max(index, 0)]
+            position = find_position(
+                self.store, segment.path, segment.index.live_entries, offset, committed.open_size
+            )
             return read_batches(self.store, segment.path, position, max_bytes, committed.open_size)
         # The last segment starting at or before offset (an empty fenced segment shares
         # its base with its successor, which comes after it); a bisect, not a walk:
@@ -865,27 +855,8 @@ def retire_partition(
         store.create_exclusive(fence_marker_path(path))
 
 
-def _identity(header: BatchHeader) -> BatchIdentity:
-    """The batch's producer identity; a mirrored batch's ids belong to another cluster's
-    id space, so they are not tracked here (they would clash with ours after promotion)."""
-    producer_id = header.producer_id if not header.origin_cluster else -1
-    return BatchIdentity(
-        producer_id, header.producer_epoch, header.base_sequence, header.record_count
-    )
-
-
 def _position_of(data: bytes, wanted: BatchHeader) -> int:
     for position, header in iter_batches(data):
         if header.base_offset == wanted.base_offset:
             return position
     return 0
-
-
-def _sparse_entries(segment: OpenSegment) -> list[seg_index.IndexEntry]:
-    builder = seg_index.SparseIndexBuilder()
-    positions = [*segment.positions]
-    for i, offset in enumerate(segment.offsets):
-        end = positions[i + 1] if i + 1 < len(positions) else positions[i]
-        builder.add(offset, positions[i], max(end - positions[i], 0), segment.max_timestamps[i])
-    entries: list[seg_index.IndexEntry] = builder.entries
-    return entries

@@ -8,9 +8,12 @@ in memory is needed by anyone else after it dies.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,7 @@ from talos.storage.store import LogStore
 
 from .executor import PartitionExecutor
 from .partition import PartitionLog, retire_partition
+from .producer_state import DEFAULT_EXPIRE_MS
 from .service import BrokerService, topic_config_to_proto
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,12 @@ class BrokerConfig:
     reassign_delay_ms: int = 0
     # A file holding a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps).
     clock_offset_file: str = ""
+    # Idle time after which a producer's dedup entry is forgotten (producer_state.py).
+    producer_expire_ms: int = DEFAULT_EXPIRE_MS
 
+
+#: How often every owned partition runs its upkeep (producer expiry) even when idle.
+UPKEEP_INTERVAL_S = 10.0
 
 #: How often the clock offset file is re-read.
 CLOCK_OFFSET_POLL_S = 0.5
@@ -200,7 +209,17 @@ class Broker:
         )
         self.controller.start()
         self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
+        self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         log.info("broker %s serving on %s", self.broker_id, self.address)
+
+    async def _upkeep_loop(self) -> None:
+        """Wake idle partitions now and then: their producer entries must expire too.
+        Then hand freed heap back to the OS, so memory freed by expiry leaves the RSS."""
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL_S)
+            for plog in list(self.logs.values()):
+                plog.tick()
+            await asyncio.to_thread(release_free_heap)
 
     async def serve_until_stopped(self) -> None:
         await self._stopped.wait()
@@ -209,6 +228,9 @@ class Broker:
         self._stopped.set()
 
     async def stop(self) -> None:
+        upkeep = getattr(self, "_upkeep", None)
+        if upkeep is not None:
+            upkeep.cancel()
         controller = getattr(self, "controller", None)
         if controller is not None:
             await asyncio.to_thread(controller.stop)
@@ -277,6 +299,7 @@ class Broker:
                 loop=self._loop,
                 clock=self.clock,
                 on_lost=self._on_lost,
+                producer_expire_ms=self.config.producer_expire_ms,
             )
             self.logs[key] = plog
             plog.start()
@@ -370,6 +393,28 @@ class Broker:
             )
         self.topics.delete(name, meta.incarnation)
         self.store.delete_tree(topic_dir(self.config.cluster, name, meta.incarnation))
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_heap() -> None:
+    """glibc's malloc_trim(0): returns free heap pages to the OS. Python's allocator
+    frees memory to malloc but malloc keeps it, so without this a broker's RSS stays at
+    its peak after producer entries expire. A no-op without glibc."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _close_zk(zk: KazooClient) -> None:

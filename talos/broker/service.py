@@ -25,7 +25,7 @@ from talos.errors import (
 )
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.record.batch import BatchHeader, iter_batches, verify_single_batch
+from talos.record.batch import BatchHeader, iter_batches, validate_single_batch
 from talos.wire import error_to_proto
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                         f"topic: {batch.topic!r} is a mirror of link {meta.mirror.link} "
                         f"({meta.mirror.phase.value}); it is read-only until promoted"
                     )
-                header = verify_single_batch(batch.records)
+                header = validate_single_batch(batch.records)
                 limit = plog.config.max_message_bytes
                 if header.total_size > limit:
                     raise MessageTooLarge(

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.config import validate_group_name, validate_offset, validate_topic_name
 from talos.errors import (
+    CorruptRecords,
     IllegalGeneration,
     InvalidArgument,
     NotOwner,
@@ -24,7 +25,7 @@ from talos.errors import (
     UnknownMember,
 )
 from talos.proto import talos_pb2 as pb
-from talos.record.batch import decode_batches_as
+from talos.record.batch import decode_fetch_as
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
@@ -114,6 +115,9 @@ class Consumer:
         self._closed = False
         # fetched but not yet returned by poll(); positions are already past them
         self._buffered: list[Message] = []
+        # a batch that could not be decoded, per partition: raised by poll() once the
+        # records before it were returned; the position stays at it until a seek
+        self._corrupt: dict[TopicPartition, CorruptRecords] = {}
 
     # ---- assignment ---------------------------------------------------------
 
@@ -138,9 +142,15 @@ class Consumer:
         return list(self._assigned)
 
     def _set_assignment(self, partitions: list[TopicPartition]) -> None:
+        """Keeps the position (and what was fetched from it) only of partitions that stay
+        assigned with their position; everything else starts again from its committed
+        offset, so a later commit cannot move back to a stale buffered message."""
         self._assigned = sorted(partitions)
-        self._buffered = [m for m in self._buffered if (m.topic, m.partition) in self._assigned]
         self._positions = {tp: p for tp, p in self._positions.items() if tp in self._assigned}
+        self._buffered = [
+            m for m in self._buffered if TopicPartition(m.topic, m.partition) in self._positions
+        ]
+        self._corrupt = {tp: e for tp, e in self._corrupt.items() if tp in self._positions}
         missing = [tp for tp in self._assigned if tp not in self._positions]
         if missing and self.group_id is not None:
             for tp, offset in self.committed(missing).items():
@@ -189,6 +199,7 @@ class Consumer:
 
     def _set_position(self, tp: TopicPartition, offset: int) -> None:
         self._buffered = [m for m in self._buffered if (m.topic, m.partition) != tp]
+        self._corrupt.pop(tp, None)
         self._positions[tp] = offset
 
     def seek_to_beginning(self, tps: Iterable[TopicPartition] | None = None) -> None:
@@ -247,13 +258,22 @@ class Consumer:
     # ---- polling ------------------------------------------------------------
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 10_000) -> list[Message]:
-        """Messages from the assigned partitions, waiting up to timeout_s for any."""
+        """Messages from the assigned partitions, waiting up to timeout_s for any.
+
+        A batch that cannot be decoded raises CorruptRecords (naming topic, partition
+        and offset) once every record fetched before it was returned; the position stays
+        at the bad batch, so the next poll raises again until the application seeks past
+        it (to ``error.next_offset``).
+        """
         if self._closed:
             raise InvalidArgument("consumer: already closed")
         if max_records < 1:
             raise InvalidArgument(f"max_records: must be at least 1, got {max_records}")
         deadline = self.clock.monotonic() + timeout_s
         while not self._buffered:
+            if self._corrupt:
+                tp = next(iter(self._corrupt))
+                raise self._corrupt.pop(tp)
             self._maybe_heartbeat()
             self._maybe_auto_commit()
             self._buffered = self._fetch_once(max(0.0, min(deadline - self.clock.monotonic(), 5.0)))
@@ -268,6 +288,8 @@ class Consumer:
             return []
         by_address: dict[str, list[TopicPartition]] = {}
         for tp in self._assigned:
+            if tp in self._corrupt:
+                continue  # stays at the bad batch until poll() raised it
             try:
                 self._fetch_position(tp)
                 address = self.router.owner_address(tp.topic, tp.partition)
@@ -335,12 +357,22 @@ class Consumer:
         if paused:
             gc.disable()
         try:
-            out = decode_batches_as(result.records, make, position)
+            out, bad = decode_fetch_as(result.records, make, position)
         finally:
             if paused:
                 gc.enable()
         if out:
             self._positions[tp] = out[-1].offset + 1
+        if bad is not None:
+            self._positions[tp] = bad.offset
+            self._corrupt[tp] = CorruptRecords(
+                f"{tp.topic}/{tp.partition}: the batch at offset {bad.offset} cannot be "
+                f"decoded ({bad.error.message}); seek to {bad.next_offset} to skip it",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=bad.offset,
+                next_offset=bad.next_offset,
+            )
         return out
 
     # ---- groups -------------------------------------------------------------

@@ -25,8 +25,12 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
-from collections.abc import Sequence
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from talos.errors import InvalidArgument
 from talos.record.crc import crc32c
@@ -49,7 +53,11 @@ class IndexEntry:
 
 
 class SparseIndexBuilder:
-    """Collects entries while batches are appended or scanned, in log order."""
+    """Collects entries while batches are appended or scanned, in log order.
+
+    Entries are kept in three ``array('q')`` columns (24 bytes an entry, no object per
+    entry): an open segment's index lives as long as the segment, on every partition.
+    """
 
     def __init__(self, interval_bytes: int = DEFAULT_INTERVAL_BYTES) -> None:
         if isinstance(interval_bytes, bool) or not isinstance(interval_bytes, int):
@@ -57,21 +65,60 @@ class SparseIndexBuilder:
         if interval_bytes < 1:
             raise InvalidArgument(f"interval_bytes: must be at least 1, got {interval_bytes}")
         self._interval = interval_bytes
-        self._entries: list[IndexEntry] = []
+        self._offsets = array("q")
+        self._positions = array("q")
+        self._times = array("q")
         self._bytes_since_entry = 0
         self._max_timestamp: int | None = None
 
     def add(self, base_offset: int, position: int, batch_size: int, max_timestamp: int) -> None:
         if self._max_timestamp is None or max_timestamp > self._max_timestamp:
             self._max_timestamp = max_timestamp
-        if not self._entries or self._bytes_since_entry >= self._interval:
-            self._entries.append(IndexEntry(base_offset, position, self._max_timestamp))
+        if not self._offsets or self._bytes_since_entry >= self._interval:
+            # offsets last: a reader on another thread counts entries by them
+            self._times.append(self._max_timestamp)
+            self._positions.append(position)
+            self._offsets.append(base_offset)
             self._bytes_since_entry = 0
         self._bytes_since_entry += batch_size
 
     @property
     def entries(self) -> list[IndexEntry]:
-        return list(self._entries)
+        return list(self.live_entries)
+
+    @property
+    def live_entries(self) -> Sequence[IndexEntry]:
+        """The entries as they grow, not a copy: readers on other threads may bisect them
+        while the writer appends (entries are only ever appended, in offset order)."""
+        return _LiveEntries(self._offsets, self._positions, self._times)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+
+class _LiveEntries(Sequence[IndexEntry]):
+    """A read-only view of a builder's columns; an entry is made when it is looked at."""
+
+    def __init__(self, offsets: array[int], positions: array[int], times: array[int]) -> None:
+        self._offsets, self._positions, self._times = offsets, positions, times
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> IndexEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[IndexEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> IndexEntry | Sequence[IndexEntry]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self._offsets):
+            raise IndexError(i)
+        return IndexEntry(self._offsets[i], self._positions[i], self._times[i])
 
 
 def _encode(magic: bytes, segment_base: int, rows: Sequence[tuple[int, int]]) -> bytes:
@@ -195,3 +242,70 @@ def load_indexes(store: LogStore, segment_path: str, segment_base: int) -> list[
             return None
         entries.append(IndexEntry(offset, position, max_timestamp))
     return entries
+
+
+# --- the broker's cache of sealed segments' indexes ---------------------------------------
+
+# What one cached entry costs in memory: the IndexEntry object and its three ints.
+ENTRY_COST_BYTES = 160
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+CacheKey = tuple[str, int, int]  # segment path, sealed end offset, sealed size
+
+
+class IndexCache:
+    """Sealed segments' index entries, least recently used first out, bounded in bytes:
+    a broker that reads many old segments keeps only the hot ones. The key holds the
+    sealed end and size with the path, so a file of the same name written later (a
+    topic deleted and created again) never meets another's entries."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes: must be an integer >= 0, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[CacheKey, list[IndexEntry]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: CacheKey, entries: list[IndexEntry]) -> None:
+        cost = (len(entries) + 1) * ENTRY_COST_BYTES
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
+            if cost > self.max_bytes:
+                return
+            self._items[key] = entries
+            self._bytes += cost
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= (len(evicted) + 1) * ENTRY_COST_BYTES
+
+    def get(self, key: CacheKey, load: Callable[[], list[IndexEntry]]) -> list[IndexEntry]:
+        """The cached entries of ``key``, else ``load()``'s (cached for next time)."""
+        with self._lock:
+            entries = self._items.get(key)
+            if entries is not None:
+                self._items.move_to_end(key)
+                return entries
+        entries = load()  # outside the lock: it reads the store
+        self.put(key, entries)
+        return entries
+
+    def drop(self, key: CacheKey) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= (len(old) + 1) * ENTRY_COST_BYTES
+
+
+#: One per broker process, shared by all its partitions.
+SEALED_INDEXES = IndexCache()
