@@ -130,13 +130,24 @@ def _jvm() -> Any:
             convertStrings=False,
             interrupt=False,
         )
-        # Hadoop logs WARN and above to stderr; the rest is noise for a broker.
-        logger = jpype.JClass("org.apache.log4j.Logger").getRootLogger()
-        level = jpype.JClass("org.apache.log4j.Level")
-        if not logger.getAllAppenders().hasMoreElements():
-            jpype.JClass("org.apache.log4j.BasicConfigurator").configure()
-        logger.setLevel(level.WARN)
+        _configure_java_logging(jpype)
         return jpype
+
+
+def _configure_java_logging(jpype: Any) -> None:
+    """Hadoop logs WARN and above to stderr (stdout belongs to the program); the rest,
+    and the warning that no native library is used, is noise for a broker."""
+    logger_class = jpype.JClass("org.apache.log4j.Logger")
+    level = jpype.JClass("org.apache.log4j.Level")
+    root = logger_class.getRootLogger()
+    if not root.getAllAppenders().hasMoreElements():
+        layout = jpype.JClass("org.apache.log4j.PatternLayout")("%d{ISO8601} %p %c{1}: %m%n")
+        appender = jpype.JClass("org.apache.log4j.ConsoleAppender")(layout, "System.err")
+        root.addAppender(appender)
+    root.setLevel(level.WARN)
+    logger_class.getLogger("org.apache.hadoop.util.NativeCodeLoader").setLevel(level.ERROR)
+    # At interpreter exit JPype stops the JVM, which interrupts Hadoop's shutdown hook.
+    logger_class.getLogger("org.apache.hadoop.util.ShutdownHookManager").setLevel(level.OFF)
 
 
 def _java_class_name(exc: BaseException) -> str:
@@ -175,6 +186,7 @@ def _java_causes(exc: BaseException) -> Iterator[tuple[str, str]]:
 # are StorageError; the others StorageRefused.
 _REFUSED = {
     "FileAlreadyExistsException": "already exists",
+    "AlreadyBeingCreatedException": "already exists, open by another writer",
     "FileNotFoundException": "no such file or directory",
     "AccessControlException": "permission denied",
     "LeaseExpiredException": "lease lost: another client recovered this file",
@@ -193,6 +205,14 @@ _RETRIABLE = {
     "RetriableException": "NameNode asks to retry",
     "NotReplicatedYetException": "block not replicated yet",
 }
+
+
+def java_exception_names(exc: BaseException) -> set[str]:
+    """Short class names of a Java exception and its causes."""
+    return {name.rsplit(".", 1)[-1] for name, _ in _java_causes(exc)}
+
+
+_EXISTS = {"FileAlreadyExistsException", "AlreadyBeingCreatedException"}
 
 
 def convert_java_error(exc: BaseException, what: str) -> StorageError:
@@ -415,10 +435,10 @@ class HdfsLogStore:
                     self._fs.delete(tmp, False)
             return True
         except self.jpype.JException as exc:
-            error = convert_java_error(exc, what)
-            if "FileAlreadyExistsException" in error.message:
+            # A racer that created the file but has not closed it yet holds its lease.
+            if java_exception_names(exc) & _EXISTS:
                 return False
-            raise error from None
+            raise convert_java_error(exc, what) from None
 
     def write_file(self, path: str, data: bytes) -> None:
         jpath = self._jpath(path)
@@ -545,9 +565,9 @@ class HdfsLogStore:
                         )
                     return
             except self.jpype.JException as exc:
-                error = convert_java_error(exc, what)
-                if "FileNotFoundException" in error.message:
+                if "FileNotFoundException" in java_exception_names(exc):
                     return
+                error = convert_java_error(exc, what)
                 if not error.retriable:
                     raise error from None
                 log.debug("%s: %s", what, error.message)
