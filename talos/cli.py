@@ -51,6 +51,8 @@ def resolve_bootstrap(explicit: str | None) -> str:
 def cmd_broker(args: argparse.Namespace) -> int:
     from talos.broker.server import BrokerConfig, run_broker
 
+    if not args.data_dir and not args.store:
+        raise CliError("broker: pass --data-dir DIR (posix) or --store hdfs://NAMENODE:PORT/PATH")
     config = BrokerConfig(
         broker_id=args.id,
         cluster=args.cluster,
@@ -64,6 +66,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         reassign_delay_ms=args.reassign_delay_ms,
         clock_offset_file=args.clock_offset_file or "",
+        store=args.store or "",
     )
 
     def ready(address: str) -> None:
@@ -295,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--id", required=True, help="broker id, unique in the cluster")
     broker.add_argument("--listen", default="127.0.0.1:9092", help="host:port to serve gRPC on")
     broker.add_argument("--advertised-host", default=None)
-    broker.add_argument("--data-dir", required=True, help="posix log store root")
+    broker.add_argument("--data-dir", default="", help="posix log store root")
+    broker.add_argument(
+        "--store",
+        default=None,
+        help="log store instead of --data-dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH",
+    )
     broker.add_argument("--workers", type=_positive_int("workers", 0), default=0)
     broker.add_argument(
         "--max-queued-bytes",

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # How much of the log tail is read to rebuild idempotent-producer state.
 PRODUCER_STATE_TAIL_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
+#: How long a takeover waits for HDFS to close the previous owner's open segment.
+LEASE_RECOVERY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -277,6 +279,9 @@ class PartitionLog:
         path = self._path(previous)
         # Step 2: the marker first; an existing marker counts as created.
         self.store.create_exclusive(fence_marker_path(path))
+        # HDFS: the NameNode also closes the file, cutting the old owner's pipeline, and
+        # settles its length (posix: nothing to do).
+        self.store.recover_lease(path, LEASE_RECOVERY_TIMEOUT_S)
         # Step 3: only now scan; whatever the old owner acknowledged is inside.
         if self.store.exists(path):
             scan = scan_segment(self.store, path, previous.base_offset)

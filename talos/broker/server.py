@@ -29,7 +29,7 @@ from talos.coord.zk import connect
 from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.storage.posix import PosixLogStore
+from talos.storage.open import open_store
 from talos.storage.store import LogStore
 
 from .executor import PartitionExecutor
@@ -61,6 +61,8 @@ class BrokerConfig:
     reassign_delay_ms: int = 0
     # A file holding a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps).
     clock_offset_file: str = ""
+    # Where the logs live when not in data_dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH.
+    store: str = ""
 
 
 #: How often the clock offset file is re-read.
@@ -155,7 +157,7 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
-        self.store: LogStore = PosixLogStore(config.data_dir)
+        self.store: LogStore = open_store(config.store or config.data_dir)
 
     # ---- lifecycle ----------------------------------------------------------
 

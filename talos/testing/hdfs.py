@@ -68,7 +68,7 @@ class MiniDfsCluster:
             )
         return path
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 240.0) -> None:
         if self.process is not None:
             raise StorageError("MiniDfsCluster.start: already started")
         reason = hdfs_available()

@@ -30,7 +30,7 @@ SESSION_TIMEOUT = 3.0
 
 @pytest.fixture
 def three_brokers(
-    zk_server: ZooKeeperServer, cluster_name: str, tmp_path: Path
+    zk_server: ZooKeeperServer, cluster_name: str, tmp_path: Path, cluster_store: str
 ) -> Iterator[LocalCluster]:
     cluster = LocalCluster(
         brokers=3,
@@ -38,6 +38,7 @@ def three_brokers(
         cluster=cluster_name,
         session_timeout=SESSION_TIMEOUT,
         zookeeper=zk_server,
+        store=cluster_store,
     )
     with cluster:
         yield cluster
@@ -171,6 +172,7 @@ def test_close_that_runs_out_of_time_completes_every_future(cluster: LocalCluste
         owner.signal(signal.SIGCONT)
 
 
+@pytest.mark.parametrize("cluster_store", ["posix", "hdfs"], indirect=True)
 def test_kill9_during_produce_loses_nothing_acknowledged(three_brokers: LocalCluster) -> None:
     cluster = three_brokers
     with Admin(cluster.bootstrap) as admin:
@@ -251,6 +253,7 @@ def _raw_produce(address: str, topic: str, partition: int, value: bytes) -> grpc
     return stub.Produce.future(request, timeout=60)
 
 
+@pytest.mark.parametrize("cluster_store", ["posix", "hdfs"], indirect=True)
 def test_paused_zombie_acknowledges_nothing(three_brokers: LocalCluster) -> None:
     cluster = three_brokers
     with Admin(cluster.bootstrap) as admin:
@@ -291,7 +294,10 @@ def test_paused_zombie_acknowledges_nothing(three_brokers: LocalCluster) -> None
         response = zombie_call.result(timeout=30)
     if response is not None:
         result = response.results[0]
-        assert result.error.code == ErrorCode.NOT_OWNER, f"zombie acknowledged: {result}"
+        # On HDFS the NameNode cut the zombie's pipeline in the takeover's lease
+        # recovery, so its hflush fails before it even checks the marker.
+        refusals = {ErrorCode.NOT_OWNER} | ({ErrorCode.STORAGE} if cluster.store else set())
+        assert result.error.code in refusals, f"zombie acknowledged: {result}"
 
     messages = consume_all(others, "ledger", 40)
     assert [m.value for m in messages] == [f"before-{i}".encode() for i in range(20)] + [
