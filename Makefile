@@ -64,6 +64,11 @@ test: deps proto-check lint typecheck
 demo: deps
 	$(BIN)/python -m talos.demo
 
+# The single-DC demo with the logs on HDFS (a MiniDFSCluster started by the demo).
+.PHONY: demo-hdfs
+demo-hdfs: deps
+	$(BIN)/python -m talos.demo --store hdfs
+
 # NATS JetStream and Redis 7 come from Debian's packages; their Python clients and
 # matplotlib go into the venv (the `bench` extra). Only `make bench` needs them.
 .PHONY: bench-deps

@@ -86,19 +86,32 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if args.dcs > 1:
         from talos.testing.multidc import run_dev_up
 
+        if args.store != "posix":
+            raise CliError("dev up: --store hdfs runs one DC for now; drop --dcs 2")
+
         stop_all = threading.Event()
         stop_on_signals(stop_all)
         return run_dev_up(
             data_dir, brokers=args.brokers, session_timeout=args.session_timeout, stop=stop_all
         )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    dfs = None
+    if args.store == "hdfs":
+        from talos.testing.hdfs import MiniDfsCluster
+
+        dfs = MiniDfsCluster(datanodes=3, data_dir=str(data_dir / "hdfs"))
+        print("starting a MiniDFSCluster (1 NameNode, 3 DataNodes) ...", flush=True)
+        dfs.start()
+        print(f"HDFS:       {dfs.url('/talos')}")
+        print(f"NameNode:   http://{dfs.http_address}/", flush=True)
     cluster = LocalCluster(
         brokers=args.brokers,
         data_dir=str(data_dir),
         cluster=args.cluster,
         session_timeout=args.session_timeout,
+        store=dfs.url("/talos") if dfs is not None else "",
     )
-    stop = threading.Event()
-    stop_on_signals(stop)
     bootstrap_file = data_dir / BOOTSTRAP_FILE
     try:
         print(f"starting ZooKeeper and {args.brokers} broker(s) in {data_dir} ...", flush=True)
@@ -117,6 +130,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         cluster.stop()
+        if dfs is not None:
+            dfs.stop()
         bootstrap_file.unlink(missing_ok=True)
     return 0
 
@@ -329,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--brokers", type=_positive_int("brokers"), default=3)
     up.add_argument("--data-dir", default=os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR))
     up.add_argument("--cluster", default="local")
+    up.add_argument(
+        "--store",
+        choices=("posix", "hdfs"),
+        default="posix",
+        help="hdfs: also start a MiniDFSCluster and keep the logs on it",
+    )
     up.add_argument("--session-timeout", type=float, default=6.0)
     up.add_argument(
         "--dcs",
