@@ -578,11 +578,6 @@ class LinkWorker:
         self.clock = clock
         self.source = topology.dc(link.source)
         self.target = topology.dc(link.target)
-        if reader == "store" and self.source.store.kind != "posix":
-            raise InvalidArgument(
-                f"reader: the store reader reads posix stores only; {self.source.name}'s store "
-                f"is {self.source.store.uri}; use --reader fetch"
-            )
         self._wake = threading.Event()
         self._workers: list[str] = []
         self._tasks: dict[Partition, PartitionTask] = {}

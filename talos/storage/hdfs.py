@@ -602,9 +602,8 @@ class HdfsLogStore:
             self._fs.create(probe, False).close()
             self._fs.delete(probe, False)
         except self.jpype.JException as exc:
-            error = convert_java_error(exc, "")
-            raise type(error)(
-                f"hdfs log store root {self.uri} is not writable:{error.message}"
+            raise convert_java_error(
+                exc, f"hdfs log store root {self.uri} is not writable"
             ) from None
 
     def close(self) -> None:

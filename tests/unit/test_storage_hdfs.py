@@ -278,3 +278,21 @@ def test_missing_jars_name_the_make_target(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(StorageError, match="make hadoop-jars"):
         hadoop_classpath()
     assert "make hadoop-jars" in (hdfs_available() or "")
+
+
+def test_namenode_in_safe_mode_refuses_writes_retriably(store: HdfsLogStore) -> None:
+    store.write_file("before", b"kept")
+    action = store.jpype.JClass("org.apache.hadoop.hdfs.protocol.HdfsConstants$SafeModeAction")
+    dfs = store._fs
+    dfs.setSafeMode(action.SAFEMODE_ENTER)
+    try:
+        with pytest.raises(StorageError, match="safe mode") as info:
+            store.check_writable()
+        assert info.value.retriable
+        assert store.uri in info.value.message
+        with pytest.raises(StorageError, match="safe mode"):
+            store.write_file("during", b"x")
+        assert store.read("before", 0, 10) == b"kept"  # reads still work
+    finally:
+        dfs.setSafeMode(action.SAFEMODE_LEAVE)
+    assert not store.exists("during")
