@@ -512,13 +512,14 @@ def target_total(target: DC, topic: str, partitions: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the HDFS run starts a MiniDFSCluster and 4 JVM-backed brokers
 def test_kill_9_the_worker_many_times_loses_and_duplicates_nothing(
     fresh_any_store: tuple[DC, DC], tmp_path: Path, workers: list[MirrorProcess]
 ) -> None:
     a, b = fresh_any_store
     on_hdfs = bool(a.cluster.store)
     # On HDFS every restart starts a JVM (the store reader): fewer rounds, longer waits.
-    rounds, resume_s = (8, 90.0) if on_hdfs else (22, 20.0)
+    rounds, resume_s = (8, 90.0) if on_hdfs else (22, 30.0)
     create_topic(a, "k9", 3)
     # A quota a little above the produce rate: the worker is busy copying most of the time,
     # so most kills land in the middle of the copy loop.
@@ -555,7 +556,7 @@ def test_kill_9_the_worker_many_times_loses_and_duplicates_nothing(
             worker.start()
     finally:
         stream.finish()
-    wait_caught_up(a, b, [("k9", "k9")], 3, timeout=60, workers=[worker])
+    wait_caught_up(a, b, [("k9", "k9")], 3, timeout=resume_s * 2, workers=[worker])
     records = assert_identical(a, b, "k9", "k9", 3)
     assert kills == rounds and mid_copy == len([i for i in range(rounds) if i % 4 != 3])
     assert records > 1000 and not stream.failures

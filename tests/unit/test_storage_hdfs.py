@@ -19,6 +19,7 @@ import pytest
 
 from talos.errors import InvalidArgument, StorageError, StorageRefused
 from talos.storage.hdfs import HdfsLogStore, hadoop_classpath, parse_hdfs_uri
+from talos.storage.open import open_store
 from talos.storage.posix import PosixLogStore
 from talos.storage.store import Durability
 from talos.testing.hdfs import MiniDfsCluster, hdfs_available
@@ -296,3 +297,19 @@ def test_namenode_in_safe_mode_refuses_writes_retriably(store: HdfsLogStore) -> 
     finally:
         dfs.setSafeMode(action.SAFEMODE_LEAVE)
     assert not store.exists("during")
+
+
+def test_open_store_picks_the_backend_from_the_uri(tmp_path: Path, root: str) -> None:
+    assert isinstance(open_store(str(tmp_path)), PosixLogStore)
+    posix = open_store(f"posix:{tmp_path}")
+    assert isinstance(posix, PosixLogStore) and posix.root == str(tmp_path)
+    hdfs = open_store(root)
+    try:
+        assert isinstance(hdfs, HdfsLogStore)
+        hdfs.write_file("x", b"1")
+        assert hdfs.read("x", 0, 1) == b"1"
+    finally:
+        hdfs.close()
+    for bad in ["s3://bucket/x", "", None]:
+        with pytest.raises(InvalidArgument, match="store"):
+            open_store(bad)
