@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cluster = None
     if not args.hdfs:
-        cluster = MiniDfsCluster(datanodes=3)
+        cluster = MiniDfsCluster(datanodes=3, quick_start=False)
         print("starting a MiniDFSCluster (1 NameNode, 3 DataNodes) ...", file=sys.stderr)
         cluster.start()
     uri = args.hdfs or (cluster.uri if cluster else "")

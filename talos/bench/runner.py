@@ -125,7 +125,7 @@ def target(config: BenchConfig) -> Iterator[Target]:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="talos-bench-"))
         store = ""
         if config.store == "hdfs":  # a MiniDFSCluster of 3 DataNodes beside the brokers
-            dfs = stack.enter_context(MiniDfsCluster(3, data_dir=str(Path(tmp) / "hdfs")))
+            dfs = stack.enter_context(MiniDfsCluster(3, str(Path(tmp) / "hdfs"), quick_start=False))
             store = dfs.url("/talos")
         cluster = LocalCluster(
             brokers=config.brokers, data_dir=str(Path(tmp) / "cluster"), store=store

@@ -42,11 +42,18 @@ class MiniDfsCluster:
     """``with MiniDfsCluster() as dfs: dfs.uri`` (``hdfs://127.0.0.1:PORT``)."""
 
     def __init__(
-        self, datanodes: int = 3, data_dir: str | None = None, log_path: str | None = None
+        self,
+        datanodes: int = 3,
+        data_dir: str | None = None,
+        log_path: str | None = None,
+        quick_start: bool = True,
     ) -> None:
         if isinstance(datanodes, bool) or not isinstance(datanodes, int) or datanodes < 1:
             raise ValueError(f"datanodes: must be a positive integer, got {datanodes!r}")
         self.datanodes = datanodes
+        # C1 only: about 30% less CPU to start (measured 12.6 -> 8.9 s), slower at peak;
+        # benchmarks turn it off.
+        self.quick_start = quick_start
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-hdfs-")
         self.log_path = log_path or os.path.join(self.data_dir, "minidfs.log")
@@ -80,6 +87,7 @@ class MiniDfsCluster:
             "java",
             "-Xmx768m",
             "-XX:+UseSerialGC",
+            *(["-XX:TieredStopAtLevel=1"] if self.quick_start else []),
             "-Djava.net.preferIPv4Stack=true",
             f"-Dlog4j.configuration=file:{self._log4j()}",
             "-cp",
