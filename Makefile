@@ -33,7 +33,7 @@ $(VENV)/.stamp-deps: pyproject.toml | $(BIN)/python
 	touch $@
 
 venv: $(VENV)/.stamp-deps
-deps: system-deps venv
+deps: system-deps venv hadoop-jars
 
 proto: venv
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. talos/proto/talos.proto
@@ -69,6 +69,11 @@ test-slow: deps
 demo: deps
 	$(BIN)/python -m talos.demo
 
+# The single-DC demo with the logs on HDFS (a MiniDFSCluster started by the demo).
+.PHONY: demo-hdfs
+demo-hdfs: deps
+	$(BIN)/python -m talos.demo --store hdfs
+
 # NATS JetStream and Redis 7 come from Debian's packages; their Python clients and
 # matplotlib go into the venv (the `bench` extra). Only `make bench` needs them.
 .PHONY: bench-deps
@@ -85,6 +90,34 @@ bench-deps: deps
 # Options through ARGS, e.g. make bench ARGS="--duration 15 --producers 2".
 bench: bench-deps
 	$(BIN)/python -m bench.compare $(ARGS)
+
+# Hadoop's Java client and MiniDFSCluster (java/hadoop/pom.xml, pinned) from Maven
+# Central into the ignored var/jars/hadoop/, plus our own launcher classes compiled
+# against them. Needs a JDK (javac) and Maven, from Debian's packages.
+HADOOP_JARS := var/jars/hadoop
+HADOOP_CLASSES := var/jars/hadoop-classes
+HADOOP_SRC := $(wildcard java/hadoop/src/main/java/io/talos/hadoop/*.java)
+.PHONY: hadoop-jars hadoop-system-deps
+hadoop-jars: $(HADOOP_JARS)/.stamp $(HADOOP_CLASSES)/.stamp
+
+hadoop-system-deps:
+	@if ! command -v javac >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then \
+		echo "installing a JDK and maven from apt"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq default-jdk-headless maven >/dev/null; \
+	fi
+
+$(HADOOP_JARS)/.stamp: java/hadoop/pom.xml | hadoop-system-deps
+	rm -rf $(HADOOP_JARS) $(HADOOP_CLASSES)
+	mvn -q -B -f java/hadoop/pom.xml dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(HADOOP_JARS)
+	touch $@
+
+$(HADOOP_CLASSES)/.stamp: $(HADOOP_JARS)/.stamp $(HADOOP_SRC)
+	rm -rf $(HADOOP_CLASSES) && mkdir -p $(HADOOP_CLASSES)
+	javac -nowarn -d $(HADOOP_CLASSES) -cp '$(HADOOP_JARS)/*' $(HADOOP_SRC)
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -43,7 +43,7 @@ from talos.errors import (
     TopicExists,
     UnknownTopic,
 )
-from talos.storage.posix import PosixLogStore
+from talos.storage.open import open_store
 from topology.model import Datacenter, Link, Topology
 
 from .appender import (
@@ -633,12 +633,8 @@ def make_reader(
         )
     if kind != "store":
         raise InvalidArgument(f"reader: must be one of {', '.join(READERS)}, got {kind!r}")
-    if source.store.kind != "posix":
-        raise InvalidArgument(
-            f"reader: the store reader reads posix stores only; {source.name}'s store is "
-            f"{source.store.uri}; use --reader fetch"
-        )
-    return StoreReader(PosixLogStore(str(source.store.root)), zk, source.cluster, clock)
+    # posix:/PATH (mounted here) or hdfs://NAMENODE/PATH (tail-read through HDFS).
+    return StoreReader(open_store(source.store.uri), zk, source.cluster, clock)
 
 
 class LinkWorker:
@@ -666,11 +662,6 @@ class LinkWorker:
         self.clock = clock
         self.source = topology.dc(link.source)
         self.target = topology.dc(link.target)
-        if reader == "store" and self.source.store.kind != "posix":
-            raise InvalidArgument(
-                f"reader: the store reader reads posix stores only; {self.source.name}'s store "
-                f"is {self.source.store.uri}; use --reader fetch"
-            )
         self._wake = threading.Event()
         self._workers: list[str] = []
         self._tasks: dict[Partition, PartitionTask] = {}

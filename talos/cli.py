@@ -51,6 +51,8 @@ def resolve_bootstrap(explicit: str | None) -> str:
 def cmd_broker(args: argparse.Namespace) -> int:
     from talos.broker.server import BrokerConfig, run_broker
 
+    if not args.data_dir and not args.store:
+        raise CliError("broker: pass --data-dir DIR (posix) or --store hdfs://NAMENODE:PORT/PATH")
     config = BrokerConfig(
         broker_id=args.id,
         cluster=args.cluster,
@@ -65,6 +67,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         reassign_delay_ms=args.reassign_delay_ms,
         clock_offset_file=args.clock_offset_file or "",
         producer_expire_ms=args.producer_expire_ms,
+        store=args.store or "",
     )
 
     def ready(address: str) -> None:
@@ -84,19 +87,32 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if args.dcs > 1:
         from talos.testing.multidc import run_dev_up
 
+        if args.store != "posix":
+            raise CliError("dev up: --store hdfs runs one DC for now; drop --dcs 2")
+
         stop_all = threading.Event()
         stop_on_signals(stop_all)
         return run_dev_up(
             data_dir, brokers=args.brokers, session_timeout=args.session_timeout, stop=stop_all
         )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    dfs = None
+    if args.store == "hdfs":
+        from talos.testing.hdfs import MiniDfsCluster
+
+        dfs = MiniDfsCluster(datanodes=3, data_dir=str(data_dir / "hdfs"))
+        print("starting a MiniDFSCluster (1 NameNode, 3 DataNodes) ...", flush=True)
+        dfs.start()
+        print(f"HDFS:       {dfs.url('/talos')}")
+        print(f"NameNode:   http://{dfs.http_address}/", flush=True)
     cluster = LocalCluster(
         brokers=args.brokers,
         data_dir=str(data_dir),
         cluster=args.cluster,
         session_timeout=args.session_timeout,
+        store=dfs.url("/talos") if dfs is not None else "",
     )
-    stop = threading.Event()
-    stop_on_signals(stop)
     bootstrap_file = data_dir / BOOTSTRAP_FILE
     try:
         print(f"starting ZooKeeper and {args.brokers} broker(s) in {data_dir} ...", flush=True)
@@ -115,6 +131,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         cluster.stop()
+        if dfs is not None:
+            dfs.stop()
         bootstrap_file.unlink(missing_ok=True)
     return 0
 
@@ -366,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--id", required=True, help="broker id, unique in the cluster")
     broker.add_argument("--listen", default="127.0.0.1:9092", help="host:port to serve gRPC on")
     broker.add_argument("--advertised-host", default=None)
-    broker.add_argument("--data-dir", required=True, help="posix log store root")
+    broker.add_argument("--data-dir", default="", help="posix log store root")
+    broker.add_argument(
+        "--store",
+        default=None,
+        help="log store instead of --data-dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH",
+    )
     broker.add_argument("--workers", type=_positive_int("workers", 0), default=0)
     broker.add_argument(
         "--max-queued-bytes",
@@ -399,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--brokers", type=_positive_int("brokers"), default=3)
     up.add_argument("--data-dir", default=os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR))
     up.add_argument("--cluster", default="local")
+    up.add_argument(
+        "--store",
+        choices=("posix", "hdfs"),
+        default="posix",
+        help="hdfs: also start a MiniDFSCluster and keep the logs on it",
+    )
     up.add_argument("--session-timeout", type=float, default=6.0)
     up.add_argument(
         "--dcs",

@@ -9,15 +9,19 @@ read in B at the same offsets, and ``talos mirror status`` shows the link.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from talos.client import Admin
 from talos.errors import TalosError
+from talos.storage.hdfs import HdfsLogStore
 from talos.testing.cluster import LocalCluster
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.multidc import MultiDC, mirror_available
 
 DEMO_DIR = os.path.join("var", "demo")
@@ -39,11 +43,56 @@ def talos(*args: str, stdin: str | None = None, bootstrap: str | None, label: st
     return result.stdout
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make demo / make demo-hdfs")
+    parser.add_argument("--store", choices=("posix", "hdfs"), default="posix")
+    args = parser.parse_args(argv)
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    if args.store == "hdfs":
+        return hdfs_demo()
     print("== starting a local Talos cluster: ZooKeeper + 3 brokers (posix log store)")
     started = time.monotonic()
-    with LocalCluster(brokers=3, data_dir=DEMO_DIR, session_timeout=4.0) as cluster:
+    single_dc_demo(LocalCluster(brokers=3, data_dir=DEMO_DIR, session_timeout=4.0))
+    print(f"single-DC part done in {time.monotonic() - started:.1f}s")
+    mirror_demo()
+    print(f"\ndemo finished in {time.monotonic() - started:.1f}s: everything stopped")
+    return 0
+
+
+def hdfs_demo() -> int:
+    """The single-DC story with the logs on HDFS (a MiniDFSCluster started here)."""
+    started = time.monotonic()
+    print("== starting HDFS: a MiniDFSCluster (1 NameNode, 3 DataNodes, one JVM)")
+    with MiniDfsCluster(datanodes=3, data_dir=os.path.join(DEMO_DIR, "hdfs")) as dfs:
+        root = dfs.url("/talos")
+        print(f"HDFS at {root}; NameNode web UI at http://{dfs.http_address}/")
+        print("== starting ZooKeeper + 3 brokers with --store " + root)
+        cluster = LocalCluster(brokers=3, data_dir=DEMO_DIR, session_timeout=4.0, store=root)
+        single_dc_demo(cluster)
+        store = HdfsLogStore(root)
+        try:
+            print("\n== the topic's files on HDFS (the posix store's layout):")
+            for path in _walk(store, f"{cluster.cluster}/demo"):
+                print(f"  {root}/{path}  ({store.visible_length(path)} bytes)")
+        finally:
+            store.close()
+    print(f"\nHDFS demo finished in {time.monotonic() - started:.1f}s: everything stopped")
+    return 0
+
+
+def _walk(store: HdfsLogStore, path: str) -> Iterator[str]:
+    for name in store.list_dir(path):
+        child = f"{path}/{name}"
+        if store.list_dir(child):
+            yield from _walk(store, child)
+        else:
+            yield child
+
+
+def single_dc_demo(cluster: LocalCluster) -> None:
+    """Produce, consume, SIGKILL the owner of a partition, and read everything back."""
+    started = time.monotonic()
+    with cluster:
         print(f"ZooKeeper at {cluster.zookeeper.address}; brokers at {cluster.bootstrap}")
         print(f"cluster up in {time.monotonic() - started:.1f}s")
         bootstrap = cluster.bootstrap
@@ -104,10 +153,6 @@ def main() -> int:
         if len(out.splitlines()) != 13:
             raise SystemExit("demo: expected all 13 messages after the broker was killed")
         print("\n== all 13 acknowledged messages survived the crash; stopping the cluster")
-    print(f"single-DC part done in {time.monotonic() - started:.1f}s")
-    mirror_demo()
-    print(f"\ndemo finished in {time.monotonic() - started:.1f}s: everything stopped")
-    return 0
 
 
 def _log_ends(bootstrap: str, topic: str) -> list[int]:

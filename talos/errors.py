@@ -156,6 +156,14 @@ class StorageError(TalosError):
     retriable = True
 
 
+class StorageRefused(StorageError):
+    """The store refused an operation for a reason a retry will not change
+    (permission denied, the file exists or is missing, the lease went to another writer).
+    Same wire code as StorageError."""
+
+    retriable = False
+
+
 class CoordinationError(TalosError):
     """ZooKeeper could not be reached or refused an operation."""
 

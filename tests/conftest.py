@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from talos.testing.hdfs import MiniDfsCluster, hdfs_available
 from talos.testing.zookeeper import ZooKeeperServer, zookeeper_available
 
 
@@ -17,6 +18,17 @@ def zk_server() -> Iterator[ZooKeeperServer]:
         pytest.skip(f"needs ZooKeeper: {reason}")
     with ZooKeeperServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def hdfs_cluster() -> Iterator[MiniDfsCluster]:
+    """One MiniDFSCluster (1 NameNode, 3 DataNodes) for the whole session, started on
+    first use; tests take their own root directory in it."""
+    reason = hdfs_available()
+    if reason is not None:
+        pytest.skip(f"needs HDFS: {reason}")
+    with MiniDfsCluster(datanodes=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -42,6 +42,12 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     target.add_argument(
         "--brokers", type=int, default=1, help="brokers of the cluster started here (default 1)"
     )
+    target.add_argument(
+        "--store",
+        choices=("posix", "hdfs"),
+        default="posix",
+        help="log store of the cluster started here (hdfs: a MiniDFSCluster is started too)",
+    )
     target.add_argument("--topic", default=None, help="topic to use (default: a fresh one)")
     target.add_argument("--partitions", type=int, default=4)
     target.add_argument("--durability", choices=("flush", "sync"), default="flush")
@@ -83,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         mode=args.bench_mode,
         bootstrap=args.bootstrap,
         brokers=args.brokers,
+        store=args.store,
         size=args.size,
         messages=messages,
         duration=args.duration,

@@ -44,6 +44,7 @@ class BenchConfig:
     mode: str = "produce"
     bootstrap: str | None = None  # None: start a LocalCluster of ``brokers`` brokers
     brokers: int = 1
+    store: str = "posix"  # the log store of the cluster started here: posix or hdfs
     size: int = 100
     messages: int = 0  # 0: run for ``duration`` seconds
     duration: float = 0.0
@@ -67,6 +68,8 @@ class BenchConfig:
         if self.mode not in MODES:
             raise InvalidArgument(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         _check(self.brokers, "brokers", 1, 16)
+        if self.store not in ("posix", "hdfs"):
+            raise InvalidArgument(f"store: must be posix or hdfs, got {self.store!r}")
         _check(self.size, "size", 0, 16 * 1024 * 1024)
         _check(self.messages, "messages", 0, 10**12)
         if self.duration < 0 or (self.messages == 0 and self.duration <= 0 and self.preload):
@@ -98,7 +101,8 @@ class BenchConfig:
         rate = f" @{self.rate:,.0f}/s" if self.rate else ""
         return (
             f"talos {self.mode} {self.size} B x{self.producers}{rate} "
-            f"({self.durability}, {self.brokers if not self.bootstrap else '?'} broker(s))"
+            f"({self.durability}, {self.brokers if not self.bootstrap else '?'} broker(s)"
+            f"{', hdfs' if self.store == 'hdfs' and not self.bootstrap else ''})"
         )
 
 
@@ -120,9 +124,17 @@ def target(config: BenchConfig) -> Iterator[Target]:
         yield Target(config.bootstrap)
         return
     from talos.testing.cluster import LocalCluster
+    from talos.testing.hdfs import MiniDfsCluster
 
-    with tempfile.TemporaryDirectory(prefix="talos-bench-") as tmp:
-        cluster = LocalCluster(brokers=config.brokers, data_dir=str(Path(tmp) / "cluster"))
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="talos-bench-"))
+        store = ""
+        if config.store == "hdfs":  # a MiniDFSCluster of 3 DataNodes beside the brokers
+            dfs = stack.enter_context(MiniDfsCluster(3, str(Path(tmp) / "hdfs"), quick_start=False))
+            store = dfs.url("/talos")
+        cluster = LocalCluster(
+            brokers=config.brokers, data_dir=str(Path(tmp) / "cluster"), store=store
+        )
         try:
             cluster.start()
             yield Target(cluster.bootstrap, [b.pid for b in cluster.brokers])

@@ -48,8 +48,8 @@ from talos.record.batch import (
 from talos.storage import index as seg_index
 from talos.storage.segment import (
     fence_marker_path,
-    partition_dir,
     find_position,
+    partition_dir,
     read_batches,
     scan_segment,
     segment_of_file,
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
 RETIRE_ATTEMPTS = 20
+#: How long a takeover waits for HDFS to close the previous owner's open segment.
+LEASE_RECOVERY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -330,6 +332,9 @@ class PartitionLog:
         path = self._path(previous)
         # Step 2: the marker first; an existing marker counts as created.
         self.store.create_exclusive(fence_marker_path(path))
+        # HDFS: the NameNode also closes the file, cutting the old owner's pipeline, and
+        # settles its length (posix: nothing to do).
+        self.store.recover_lease(path, LEASE_RECOVERY_TIMEOUT_S)
         # Step 3: only now scan; whatever the old owner acknowledged is inside.
         if self.store.exists(path):
             scan = scan_segment(self.store, path, previous.base_offset)

@@ -32,7 +32,7 @@ from talos.coord.zk import connect
 from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.storage.posix import PosixLogStore
+from talos.storage.open import open_store
 from talos.storage.segment import topic_dir
 from talos.storage.store import LogStore
 
@@ -71,6 +71,8 @@ class BrokerConfig:
     clock_offset_file: str = ""
     # Idle time after which a producer's dedup entry is forgotten (producer_state.py).
     producer_expire_ms: int = DEFAULT_EXPIRE_MS
+    # Where the logs live when not in data_dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH.
+    store: str = ""
 
 
 #: How often every owned partition runs its upkeep (producer expiry) even when idle.
@@ -168,7 +170,7 @@ class Broker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
-        self.store: LogStore = PosixLogStore(config.data_dir)
+        self.store: LogStore = open_store(config.store or config.data_dir)
 
     # ---- lifecycle ----------------------------------------------------------
 

@@ -294,6 +294,10 @@ class PosixLogStore:
                 f"{exc.strerror or exc} (errno {exc.errno})"
             ) from exc
 
+    def recover_lease(self, path: str, timeout_s: float) -> None:
+        """No leases on posix: the fence marker alone stops the previous writer."""
+        self._abs(path)
+
     def close(self) -> None:
         """Nothing to release: streams own their descriptors."""
 

@@ -81,6 +81,16 @@ class LogStore(Protocol):
         """Raise StorageError naming the root if it cannot be written."""
         ...
 
+    def recover_lease(self, path: str, timeout_s: float) -> None:
+        """Make sure no earlier writer can append to ``path`` any more (takeover step 2).
+
+        HDFS: recoverLease() and a bounded wait until the NameNode closed the file;
+        raises StorageError if it is still open after ``timeout_s``. Posix has no
+        leases: nothing to do, the fence marker is the whole fence. A missing file is
+        fine.
+        """
+        ...
+
     def close(self) -> None: ...
 
 

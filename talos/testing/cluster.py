@@ -87,8 +87,11 @@ class LocalCluster:
         max_queued_bytes: int | None = None,
         advertised_host: str = "",
         clock_offset_file: str = "",
+        store: str = "",
     ) -> None:
         self._own_dir = data_dir is None
+        # hdfs://... puts the logs on HDFS; "" keeps them in <data_dir>/store (posix).
+        self.store = store
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
@@ -111,6 +114,11 @@ class LocalCluster:
         return os.path.join(self.data_dir, "store")
 
     @property
+    def store_uri(self) -> str:
+        """Where the brokers keep their logs, as a topology file names it."""
+        return self.store or f"posix:{self.store_dir}"
+
+    @property
     def bootstrap(self) -> str:
         return ",".join(b.address for b in self.brokers)
 
@@ -128,8 +136,7 @@ class LocalCluster:
             broker_id,
             "--listen",
             f"127.0.0.1:{port}",
-            "--data-dir",
-            self.store_dir,
+            *(["--store", self.store] if self.store else ["--data-dir", self.store_dir]),
             "--session-timeout",
             str(self.session_timeout),
             "--reassign-delay-ms",
@@ -143,7 +150,9 @@ class LocalCluster:
             ),
         ]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        if timeout is None:  # an hdfs broker starts a JVM and loads Hadoop's client first
+            timeout = 180.0 if self.store.startswith("hdfs://") else 60.0
         if self.brokers:  # a second start would orphan the first ZooKeeper process
             raise InvalidArgument("LocalCluster.start: already started (a with-block starts it)")
         if self._own_zk:

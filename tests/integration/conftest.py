@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,19 @@ import pytest
 
 from talos.testing.cluster import LocalCluster
 from talos.testing.zookeeper import ZooKeeperServer
+
+
+@pytest.fixture
+def cluster_store(request: pytest.FixtureRequest) -> str:
+    """Where a test cluster keeps its logs: "" (posix, in its data dir, the default) or a
+    fresh root on the session's MiniDFSCluster. A test runs on both stores with
+    ``@pytest.mark.parametrize("cluster_store", ["posix", "hdfs"], indirect=True)``."""
+    kind = getattr(request, "param", "posix")
+    if kind == "posix":
+        return ""
+    dfs = request.getfixturevalue("hdfs_cluster")
+    url: str = dfs.url(f"talos/{uuid.uuid4().hex[:12]}")
+    return url
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.record.batch import HEADER_SIZE, Record, encode_batch, iter_batches
 from talos.storage.segment import parse_segment_name
 from talos.testing.cluster import LocalCluster
+from talos.testing.hdfs import hdfs_available
 from talos.testing.zookeeper import ZooKeeperServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -466,6 +467,33 @@ def test_broker_exits_when_data_dir_is_a_file(tmp_path: Path, zk_server: ZooKeep
     assert "talos: error: StorageError" in result.stderr
     assert "Traceback" not in result.stderr
     assert not_a_dir.read_bytes() == b"precious bytes"
+
+
+def test_broker_exits_when_the_namenode_is_unreachable(
+    tmp_path: Path, zk_server: ZooKeeperServer
+) -> None:
+    if hdfs_available() is not None:
+        pytest.skip(f"needs the Hadoop client: {hdfs_available()}")
+    dead = free_port()
+    result = run_cli(
+        "broker",
+        "--zookeeper",
+        zk_server.address,
+        "--cluster",
+        "dead-hdfs",
+        "--id",
+        "b1",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--store",
+        f"hdfs://127.0.0.1:{dead}/talos",
+        timeout=120,
+    )
+    assert result.returncode == 1, result
+    assert f"hdfs://127.0.0.1:{dead}/talos" in result.stderr, result.stderr
+    assert "connection refused" in result.stderr
+    assert "talos: error: StorageError" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ---- 9. a torn segment after a crash ----------------------------------------------

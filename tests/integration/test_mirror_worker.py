@@ -45,6 +45,7 @@ from talos.storage.posix import PosixLogStore
 from talos.storage.segment import fence_marker_path, segment_path
 from talos.storage.store import Durability
 from talos.testing.cluster import LocalCluster
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.zookeeper import ZooKeeperServer, zookeeper_available
 
 pytestmark = pytest.mark.integration
@@ -73,12 +74,12 @@ class DC:
         self.cluster.wait_for_brokers(len(self.cluster.brokers))
 
 
-@pytest.fixture(scope="module")
-def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DC, DC]]:
+def two_dcs(base: Path, stores: dict[str, str]) -> Iterator[tuple[DC, DC]]:
+    """DCs A and B, each its own ZooKeeper and two brokers; ``stores`` maps a DC to its
+    log store URI ("" for posix in its data dir)."""
     reason = zookeeper_available()
     if reason is not None:
         pytest.skip(f"needs ZooKeeper: {reason}")
-    base = tmp_path_factory.mktemp("mirror-dcs")
     made: list[DC] = []
     try:
         for name in ("A", "B"):
@@ -90,6 +91,7 @@ def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DC, DC]]:
                 cluster=f"dc-{name.lower()}",
                 session_timeout=3.0,
                 zookeeper=zk,
+                store=stores.get(name, ""),
             )
             made.append(DC(name, zk, cluster))
             cluster.start()
@@ -100,11 +102,35 @@ def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DC, DC]]:
             dc.zookeeper.stop()
 
 
+@pytest.fixture(scope="module")
+def dcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DC, DC]]:
+    yield from two_dcs(tmp_path_factory.mktemp("mirror-dcs"), {})
+
+
+@pytest.fixture(scope="module")
+def hdfs_dcs(
+    tmp_path_factory: pytest.TempPathFactory, hdfs_cluster: MiniDfsCluster
+) -> Iterator[tuple[DC, DC]]:
+    """Both DCs' logs on HDFS (two roots of the session's MiniDFSCluster)."""
+    run = uuid.uuid4().hex[:8]
+    stores = {name: hdfs_cluster.url(f"mirror-{run}/{name}") for name in ("A", "B")}
+    yield from two_dcs(tmp_path_factory.mktemp("mirror-hdfs-dcs"), stores)
+
+
 @pytest.fixture
 def fresh(dcs: tuple[DC, DC]) -> tuple[DC, DC]:
     for dc in dcs:
         dc.ensure_brokers()
     return dcs
+
+
+@pytest.fixture(params=["posix", "hdfs"])
+def fresh_any_store(request: pytest.FixtureRequest) -> tuple[DC, DC]:
+    """``fresh`` on posix, then the same on HDFS."""
+    pair: tuple[DC, DC] = request.getfixturevalue("dcs" if request.param == "posix" else "hdfs_dcs")
+    for dc in pair:
+        dc.ensure_brokers()
+    return pair
 
 
 def write_topology(path: Path, a: DC, b: DC, links: list[dict[str, object]]) -> Path:
@@ -115,7 +141,7 @@ def write_topology(path: Path, a: DC, b: DC, links: list[dict[str, object]]) -> 
             f"[dc.{dc.name}]",
             f'zookeeper = "{dc.zookeeper.address}"',
             f'cluster = "{dc.cluster_name}"',
-            f'store = "posix:{dc.cluster.store_dir}"',
+            f'store = "{dc.cluster.store_uri}"',
             f"brokers = [{brokers}]",
             "",
         ]
@@ -488,10 +514,14 @@ def target_total(target: DC, topic: str, partitions: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the HDFS run starts a MiniDFSCluster and 4 JVM-backed brokers
 def test_kill_9_the_worker_many_times_loses_and_duplicates_nothing(
-    fresh: tuple[DC, DC], tmp_path: Path, workers: list[MirrorProcess]
+    fresh_any_store: tuple[DC, DC], tmp_path: Path, workers: list[MirrorProcess]
 ) -> None:
-    a, b = fresh
+    a, b = fresh_any_store
+    on_hdfs = bool(a.cluster.store)
+    # On HDFS every restart starts a JVM (the store reader): fewer rounds, longer waits.
+    rounds, resume_s = (8, 90.0) if on_hdfs else (22, 30.0)
     create_topic(a, "k9", 3)
     # A quota a little above the produce rate: the worker is busy copying most of the time,
     # so most kills land in the middle of the copy loop.
@@ -510,13 +540,13 @@ def test_kill_9_the_worker_many_times_loses_and_duplicates_nothing(
     rng = random.Random(20)
     kills = mid_copy = 0
     try:
-        for i in range(22):
+        for i in range(rounds):
             before = target_total(b, "k9", 3)
             if i % 4 == 3:
                 time.sleep(rng.uniform(0.0, 0.6))  # while it starts up
             else:
                 # once it is copying again (there is always a backlog: it was down)
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + resume_s
                 while target_total(b, "k9", 3) <= before:
                     assert time.monotonic() < deadline, worker.tail()
                     time.sleep(0.02)
@@ -528,9 +558,9 @@ def test_kill_9_the_worker_many_times_loses_and_duplicates_nothing(
             worker.start()
     finally:
         stream.finish()
-    wait_caught_up(a, b, [("k9", "k9")], 3, timeout=60, workers=[worker])
+    wait_caught_up(a, b, [("k9", "k9")], 3, timeout=resume_s * 2, workers=[worker])
     records = assert_identical(a, b, "k9", "k9", 3)
-    assert kills >= 20 and mid_copy >= 15
+    assert kills == rounds and mid_copy == len([i for i in range(rounds) if i % 4 != 3])
     assert records > 1000 and not stream.failures
 
     time.sleep(1.5)  # one more progress write after catching up

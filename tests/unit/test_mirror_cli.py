@@ -50,7 +50,6 @@ def test_the_run_command_parses(tmp_path: Path) -> None:
     [
         (["--link", "A:C"], "no link A:C"),
         (["--link", "AB"], "SOURCE:TARGET"),
-        (["--link", "B:A"], "use --reader fetch"),  # B's store is HDFS: no store reader
         (["--link", "A:B", "--worker-id", "a/b"], "worker_id"),
         (["--link", "A:B", "--append-bytes", "5"], "append_bytes"),
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,44 @@ def _posix(tmp_path: Path) -> Backend:
     return Backend("posix", lambda: PosixLogStore(str(root)), unwritable)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"posix": _posix}
+def _hdfs(request: pytest.FixtureRequest) -> Backend:
+    """A fresh root on the session's MiniDFSCluster; stores are closed after the test."""
+    from talos.storage.hdfs import HdfsLogStore
+
+    dfs = request.getfixturevalue("hdfs_cluster")
+    root = dfs.url(f"conformance/{uuid.uuid4().hex[:12]}")
+    opened: list[HdfsLogStore] = []
+
+    def open_store(uri: str = root) -> LogStore:
+        store = HdfsLogStore(uri)
+        opened.append(store)
+        return store
+
+    def unwritable() -> LogStore:
+        # A file where the root directory should be.
+        blocker = open_store(dfs.url("/"))
+        blocker.write_file(f"conformance/blocker-{uuid.uuid4().hex[:8]}", b"not a directory")
+        name = [n for n in blocker.list_dir("conformance") if n.startswith("blocker-")][-1]
+        return open_store(dfs.url(f"conformance/{name}"))
+
+    def close_all() -> None:
+        for store in opened:
+            store.close()
+
+    request.addfinalizer(close_all)
+    return Backend("hdfs", open_store, unwritable)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "posix": lambda request, tmp_path: _posix(tmp_path),
+    "hdfs": lambda request, tmp_path: _hdfs(request),
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    factory: Callable[[Path], Backend] = BACKENDS[request.param]
-    return factory(tmp_path)
+    factory = BACKENDS[request.param]
+    return factory(request, tmp_path)
 
 
 @pytest.fixture
