@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--print-offsets", action="store_true")
     consume.set_defaults(func=cmd_consume)
 
+    from talos.group_cli import add_group_parser
+
+    add_group_parser(sub)
+
     from talos.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)

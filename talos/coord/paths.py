@@ -66,6 +66,10 @@ def group_generation(name: str) -> str:
     return f"{GROUPS}/{name}/generation"
 
 
+def group_offsets_root(name: str) -> str:
+    return f"{GROUPS}/{name}/offsets"
+
+
 def group_offsets(name: str, topic_name: str) -> str:
     return f"{GROUPS}/{name}/offsets/{topic_name}"
 
