@@ -32,6 +32,7 @@ from typing import TextIO
 from talos.errors import InvalidArgument, TalosError
 from talos.testing.cluster import LocalCluster
 from talos.testing.proxy import TcpProxy
+from talos.testing.supervisor import supervise
 from topology import Datacenter, Link, StoreSpec, Topology, dump_topology, load_topology
 
 TOPOLOGY_FILE = "topology.toml"
@@ -411,16 +412,17 @@ def run_dev_up(
             say(f"mirror:     NOT started: {deployment.mirror_skipped}")
         say(f"status:     talos mirror status --topology {deployment.topology_path}")
         say(f"(the default bootstrap file {first} points at {names[0]}; Ctrl-C stops everything)")
-        while not stop.wait(0.5):
-            for name, dc in deployment.dcs.items():
-                for broker in dc.cluster.brokers:
-                    if not broker.alive():
-                        say(f"DC {name}: broker {broker.broker_id} exited; see {broker.log_path}")
-                        stop.set()
-            for worker in deployment.mirrors:
-                if not worker.alive():
-                    say(f"mirror worker {worker.worker_id} exited; see {worker.log_path}")
-                    stop.set()
+        supervise(
+            directory,
+            stop,
+            brokers={
+                f"{n}/{b.broker_id}": b
+                for n, dc in deployment.dcs.items()
+                for b in dc.cluster.brokers
+            },
+            mirrors={worker.link: worker for worker in deployment.mirrors},
+            out=out,
+        )
     finally:
         say("stopping ...")
         deployment.stop()
