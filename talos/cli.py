@@ -64,6 +64,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         reassign_delay_ms=args.reassign_delay_ms,
         clock_offset_file=args.clock_offset_file or "",
+        metrics_listen=args.metrics_listen or "",
     )
 
     def ready(address: str) -> None:
@@ -94,6 +95,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         data_dir=str(data_dir),
         cluster=args.cluster,
         session_timeout=args.session_timeout,
+        metrics=True,
     )
     stop = threading.Event()
     stop_on_signals(stop)
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--clock-offset-file",
         default=None,
         help="file with a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps)",
+    )
+    broker.add_argument(
+        "--metrics-listen", default=None, help="HOST:PORT to serve Prometheus /metrics on"
     )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 

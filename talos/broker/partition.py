@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from talos import metrics
 from talos.clock import Clock
 from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
@@ -217,7 +218,7 @@ class PartitionLog:
             group, self._pending = self._pending, []
         try:
             if self.status == "new" and not self._release_requested:
-                self._take_over()
+                metrics.timed_takeover(self._take_over)
             if self._release_requested and self.status in ("new", "serving"):
                 self._give_up("released", "partition was reassigned")
             if self.status == "serving" and group:
@@ -449,6 +450,7 @@ class PartitionLog:
 
     def _append_group(self, group: list[PendingAppend]) -> None:
         """Group commit: one write and one flush for every batch waiting."""
+        metrics.GROUP_COMMIT_BATCHES.observe(len(group))
         segment = self._writable_segment()
         committed = self._committed
         buffer = bytearray()

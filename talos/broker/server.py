@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from kazoo.client import KazooClient
 
+from talos import metrics
 from talos.clock import SYSTEM_CLOCK, Clock, ShiftedClock
 from talos.config import validate_partition, validate_topic_name
 from talos.coord.brokers import BrokerRegistry
@@ -61,6 +62,7 @@ class BrokerConfig:
     reassign_delay_ms: int = 0
     # A file holding a wall-clock offset in ms, re-read every 0.5 s (chaos clock jumps).
     clock_offset_file: str = ""
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; empty: none
 
 
 #: How often the clock offset file is re-read.
@@ -149,6 +151,7 @@ class Broker:
         self.clock = clock
         self.broker_id = config.broker_id
         self.address = ""
+        self.metrics_address = ""
         self.logs: dict[tuple[str, int], PartitionLog] = {}
         self.assignment = Assignment(version=-1, owners={})
         self.live_brokers: dict[str, str] = {}
@@ -195,6 +198,12 @@ class Broker:
             clock=self.clock,
         )
         self.controller.start()
+        if self.config.metrics_listen:
+            collector = metrics.BrokerCollector(self._partition_views, lambda: str(self.zk.state))
+            self.metrics_address = metrics.serve(self.config.metrics_listen, collector)
+            log.info(
+                "broker %s: metrics on http://%s/metrics", self.broker_id, self.metrics_address
+            )
         log.info("broker %s serving on %s", self.broker_id, self.address)
 
     async def serve_until_stopped(self) -> None:
@@ -276,6 +285,13 @@ class Broker:
                 self._loop.call_later(RETAKE_DELAY_S, self._reconcile)
 
     # ---- helpers for the service --------------------------------------------
+
+    def _partition_views(self) -> list[metrics.PartitionView]:
+        return [
+            metrics.PartitionView(topic, partition, plog.log_start, plog.log_end)
+            for (topic, partition), plog in sorted(self.logs.items())
+            if plog.status == "serving"
+        ]
 
     def owned_log(self, topic: str, partition: int, serving: bool = False) -> PartitionLog:
         validate_topic_name(topic)

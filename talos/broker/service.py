@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from talos import config as cfg
+from talos import metrics
 from talos.errors import (
     CorruptBatch,
     Fenced,
@@ -140,6 +141,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         broker = self.broker
         futures: list[Awaitable[int]] = []
         for batch in request.batches:
+            metrics.produced(batch.topic, len(batch.records))
             try:
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
@@ -160,7 +162,9 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures.append(failed)
-        return asyncio.gather(*futures, return_exceptions=True)
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        metrics.time_produce(gathered)
+        return gathered
 
     def _produce_response(
         self, request: pb.ProduceRequest, outcomes: list[Any]
@@ -220,6 +224,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 for task in pending:
                     task.cancel()
                 response = await self._fetch(request)
+        metrics.fetched(response.results)
         return response
 
     async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:

@@ -32,6 +32,7 @@ class BrokerProcess:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    metrics_address: str = ""  # where it serves Prometheus /metrics ("" if it does not)
 
     @property
     def address(self) -> str:
@@ -86,6 +87,7 @@ class LocalCluster:
         zookeeper: ZooKeeperServer | None = None,
         max_queued_bytes: int | None = None,
         advertised_host: str = "",
+        metrics: bool = False,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="talos-cluster-")
@@ -96,6 +98,7 @@ class LocalCluster:
         self.max_queued_bytes = max_queued_bytes  # None: the broker's default
         # Brokers listen on 127.0.0.1 but may tell clients another address (a WAN proxy).
         self.advertised_host = advertised_host
+        self.metrics = metrics  # brokers serve /metrics on a free port each
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -111,7 +114,7 @@ class LocalCluster:
     def bootstrap(self) -> str:
         return ",".join(b.address for b in self.brokers)
 
-    def _broker_args(self, broker_id: str, port: int) -> list[str]:
+    def _broker_args(self, broker_id: str, port: int, metrics_address: str = "") -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -132,6 +135,7 @@ class LocalCluster:
             "--reassign-delay-ms",
             str(self.reassign_delay_ms),
             *(["--advertised-host", self.advertised_host] if self.advertised_host else []),
+            *(["--metrics-listen", metrics_address] if metrics_address else []),
             *(
                 ["--max-queued-bytes", str(self.max_queued_bytes)]
                 if self.max_queued_bytes is not None
@@ -151,11 +155,13 @@ class LocalCluster:
     def add_broker(self, start: bool = True) -> BrokerProcess:
         broker_id = f"b{len(self.brokers) + 1}"
         port = free_port()
+        metrics_address = f"127.0.0.1:{free_port()}" if self.metrics else ""
         broker = BrokerProcess(
             broker_id,
             port,
             os.path.join(self.data_dir, f"broker-{broker_id}.log"),
-            self._broker_args(broker_id, port),
+            self._broker_args(broker_id, port, metrics_address),
+            metrics_address=metrics_address,
         )
         self.brokers.append(broker)
         if start:

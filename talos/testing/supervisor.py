@@ -38,6 +38,7 @@ class Supervised(Protocol):
     """What the supervisor needs of a child process (BrokerProcess, MirrorProcess)."""
 
     log_path: str
+    metrics_address: str
 
     @property
     def pid(self) -> int: ...
@@ -145,7 +146,12 @@ class Supervisor:
     def announce(self) -> None:
         for name, process in sorted(self.processes.items()):
             where = f" {self.addresses[name]}" if name in self.addresses else ""
-            self._say(f"{name}:{where} pid {process.pid}  log {process.log_path}")
+            scrape = (
+                f"  metrics http://{process.metrics_address}/metrics"
+                if process.metrics_address
+                else ""
+            )
+            self._say(f"{name}:{where} pid {process.pid}{scrape}  log {process.log_path}")
 
     def poll(self) -> None:
         """Report each process that exited (once), then serve pending restart requests."""

@@ -91,7 +91,7 @@ def restart(data_dir: Path, *target: str) -> subprocess.CompletedProcess[str]:
 def test_a_killed_broker_is_reported_and_restarted(dev_dir: Path) -> None:
     dev = DevUp(dev_dir, "--brokers", "2", "--session-timeout", "3")
     try:
-        first = dev.wait_line(r"^broker b1: (\S+) pid (\d+)")
+        first = dev.wait_line(r"^broker b1: (\S+) pid (\d+)  metrics http://127.0.0.1:\d+/metrics")
         dev.wait_line(r"^broker b2: \S+ pid \d+")
         address, old_pid = first.group(1), int(first.group(2))
         bootstrap = (dev_dir / "bootstrap").read_text().strip()
@@ -140,7 +140,7 @@ def test_two_dcs_a_killed_mirror_worker_is_restarted_and_copies_again(dev_dir: P
         pytest.skip(f"needs the mirror worker: {reason}")
     dev = DevUp(dev_dir, "--dcs", "2", "--brokers", "1", "--session-timeout", "3")
     try:
-        worker = dev.wait_line(r"^mirror A:B: pid (\d+)")
+        worker = dev.wait_line(r"^mirror A:B: pid (\d+)  metrics http://127.0.0.1:\d+/metrics")
         old_pid = int(worker.group(1))
         os.kill(old_pid, signal.SIGKILL)
         dev.wait_line(r"mirror A:B exited; the rest keep running")
