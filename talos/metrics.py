@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-disable_created_metrics()  # no *_created series: they double the output and nothing uses them
+# No *_created series: they double the output and nothing here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # ---- broker: request path ---------------------------------------------------------
 
@@ -74,6 +75,8 @@ TAKEOVER_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+#: Set by :func:`serve`: a process that serves no /metrics pays nothing for the hooks.
+_enabled = False
 _produce_children: dict[str, tuple[Any, Any]] = {}
 _fetch_children: dict[str, tuple[Any, Any]] = {}
 _error_children: dict[int, Any] = {}
@@ -87,6 +90,8 @@ def _children(cache: dict[str, tuple[Any, Any]], count: Counter, size: Counter, 
 
 
 def produced(topic: str, nbytes: int) -> None:
+    if not _enabled:
+        return
     requests, size = _children(_produce_children, PRODUCE_REQUESTS, PRODUCE_BYTES, topic)
     requests.inc()
     size.inc(nbytes)
@@ -94,6 +99,8 @@ def produced(topic: str, nbytes: int) -> None:
 
 def fetched(results: Iterable[Any]) -> None:
     """One Fetch answer: its partitions' results (``topic``, ``records``)."""
+    if not _enabled:
+        return
     for result in results:
         requests, size = _children(_fetch_children, FETCH_REQUESTS, FETCH_BYTES, result.topic)
         requests.inc()
@@ -102,11 +109,15 @@ def fetched(results: Iterable[Any]) -> None:
 
 def time_produce(answered: asyncio.Future[Any]) -> None:
     """Observe the produce latency when ``answered`` completes."""
+    if not _enabled:
+        return
     started = time.perf_counter()
     answered.add_done_callback(lambda _: PRODUCE_LATENCY.observe(time.perf_counter() - started))
 
 
 def error_answered(code: int) -> None:
+    if not _enabled:
+        return
     child = _error_children.get(code)
     if child is None:
         try:
@@ -117,7 +128,14 @@ def error_answered(code: int) -> None:
     child.inc()
 
 
+def group_committed(batches: int) -> None:
+    if _enabled:
+        GROUP_COMMIT_BATCHES.observe(batches)
+
+
 def timed_takeover(take_over: Callable[[], T]) -> T:
+    if not _enabled:
+        return take_over()
     started = time.perf_counter()
     try:
         result = take_over()
@@ -263,6 +281,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def serve(listen: str, collector: Collector | None = None) -> str:
     """Serve /metrics on ``listen`` (port 0: any free port); the address it serves on."""
+    global _enabled
     host, port = parse_listen(listen)
     if collector is not None:
         REGISTRY.register(collector)
@@ -270,4 +289,5 @@ def serve(listen: str, collector: Collector | None = None) -> str:
         server, _thread = start_http_server(port, addr=host)
     except OSError as exc:
         raise InvalidArgument(f"metrics-listen: cannot listen on {listen}: {exc}") from None
+    _enabled = True
     return f"{host}:{server.server_port}"

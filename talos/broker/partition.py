@@ -450,7 +450,7 @@ class PartitionLog:
 
     def _append_group(self, group: list[PendingAppend]) -> None:
         """Group commit: one write and one flush for every batch waiting."""
-        metrics.GROUP_COMMIT_BATCHES.observe(len(group))
+        metrics.group_committed(len(group))
         segment = self._writable_segment()
         committed = self._committed
         buffer = bytearray()
