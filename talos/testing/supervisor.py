@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -39,6 +41,7 @@ class Supervised(Protocol):
 
     log_path: str
     metrics_address: str
+    process: subprocess.Popen[bytes] | None
 
     @property
     def pid(self) -> int: ...
@@ -100,6 +103,18 @@ def resolve_target(kind: str, name: str, processes: Iterable[str]) -> str:
     raise InvalidArgument(f"name: no {kind} {name!r} in this deployment; {kind}s: {choices}")
 
 
+def describe_exit(code: int | None) -> str:
+    """How a child ended, as Popen's returncode says it (negative: the signal that killed it)."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def member_id(process: str) -> str:
     """The id inside a process name: ``broker A/b1`` and ``broker b1`` are broker b1."""
     return process.split(" ", 1)[-1].rsplit("/", 1)[-1]
@@ -159,8 +174,9 @@ class Supervisor:
             if process.alive() or name in self._reported:
                 continue
             self._reported.add(name)
+            code = process.process.returncode if process.process is not None else None
             self._say(
-                f"{name} exited; the rest keep running. See {process.log_path}; "
+                f"{name} {describe_exit(code)}; the rest keep running. See {process.log_path}; "
                 f"bring it back with: talos dev restart {name}"
             )
         for path in sorted(self.control.glob("*.request")):

@@ -97,7 +97,7 @@ def test_a_killed_broker_is_reported_and_restarted(dev_dir: Path) -> None:
         bootstrap = (dev_dir / "bootstrap").read_text().strip()
 
         os.kill(old_pid, signal.SIGKILL)
-        dev.wait_line(r"broker b1 exited; the rest keep running")
+        dev.wait_line(r"broker b1 was killed by SIGKILL; the rest keep running")
         time.sleep(1.0)  # a supervisor that gave up would be exiting now
         assert dev.process.poll() is None
 
@@ -143,7 +143,7 @@ def test_two_dcs_a_killed_mirror_worker_is_restarted_and_copies_again(dev_dir: P
         worker = dev.wait_line(r"^mirror A:B: pid (\d+)  metrics http://127.0.0.1:\d+/metrics")
         old_pid = int(worker.group(1))
         os.kill(old_pid, signal.SIGKILL)
-        dev.wait_line(r"mirror A:B exited; the rest keep running")
+        dev.wait_line(r"mirror A:B was killed by SIGKILL; the rest keep running")
 
         ambiguous = restart(dev_dir, "broker", "b1")  # both DCs have a b1
         assert ambiguous.returncode == 2 and "use one of A/b1, B/b1" in ambiguous.stderr

@@ -15,6 +15,7 @@ from talos.testing.supervisor import (
     PID_FILE,
     Supervisor,
     control_dir,
+    describe_exit,
     member_id,
     request_restart,
     resolve_target,
@@ -37,6 +38,13 @@ def test_resolve_target_names_and_choices() -> None:
     with pytest.raises(InvalidArgument, match="kind: must be one of broker, mirror"):
         resolve_target("zookeeper", "z", two_dc)
     assert member_id("broker A/b1") == "b1" == member_id("broker b1")
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(0) == "exited with code 0"
+    assert describe_exit(-9) == "was killed by SIGKILL"
+    assert describe_exit(-15) == "was killed by SIGTERM"
 
 
 @pytest.fixture
@@ -62,7 +70,7 @@ def test_an_exit_is_reported_once_and_the_rest_keep_running(
         supervisor.poll()
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
-    assert "broker b1 exited; the rest keep running" in lines[0]
+    assert "broker b1 was killed by SIGKILL; the rest keep running" in lines[0]
     assert "talos dev restart broker b1" in lines[0]
     assert sleepers["broker b2"].alive()
 
