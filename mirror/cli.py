@@ -34,6 +34,9 @@ def add_run_parser(mirror_sub: Any) -> argparse.ArgumentParser:
     run.add_argument(
         "--stall-after", type=float, default=None, help="seconds without progress = stalled"
     )
+    run.add_argument(
+        "--metrics-listen", default=None, help="HOST:PORT to serve Prometheus /metrics on"
+    )
     run.set_defaults(func=cmd_mirror_run, log_level_default="INFO")
     return run
 
@@ -64,6 +67,11 @@ def cmd_mirror_run(args: argparse.Namespace) -> int:
     worker = make_worker(topology, args.link, args.worker_id, reader=args.reader, options=options)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("kazoo").setLevel(logging.WARNING)  # connection chatter
+    if args.metrics_listen:
+        from talos import metrics
+
+        address = metrics.serve(args.metrics_listen, worker.metrics_collector())
+        logging.getLogger(__name__).info("metrics on http://%s/metrics", address)
     stop = threading.Event()
     restore = stop_on_signals(stop)
     try:

@@ -43,6 +43,7 @@ from talos.errors import (
     TopicExists,
     UnknownTopic,
 )
+from talos.metrics import MirrorCollector, MirrorView
 from talos.storage.open import open_store
 from topology.model import Datacenter, Link, Topology
 
@@ -1027,3 +1028,33 @@ class LinkWorker:
             except Exception:  # best effort on the way out
                 log.debug("closing a ZooKeeper client failed", exc_info=True)
         log.info("mirror worker %s stopped", self.worker_id)
+
+    # ---- metrics (read by the /metrics thread when scraped) ----------------------------
+
+    def metrics_collector(self) -> MirrorCollector:
+        return MirrorCollector(
+            self.link.name, self._metrics_views, self._zookeeper_states, self.clock.wall_ms
+        )
+
+    def _metrics_views(self) -> list[MirrorView]:
+        now_ms = self.clock.wall_ms()
+        return [
+            MirrorView(
+                topic=task.plan.target_topic,
+                partition=task.partition,
+                source_end=task.progress.source_end,
+                target_end=task.progress.target_end,
+                lag_ms=task.progress.lag_ms(now_ms),
+                last_progress_ms=task.progress.last_progress_ms,
+                bytes_total=task.progress.bytes_total,
+                messages_total=task.progress.msgs_total,
+            )
+            for task in list(self._tasks.values())
+        ]
+
+    def _zookeeper_states(self) -> dict[str, str]:
+        clients = {
+            "source": getattr(self, "source_zk", None),
+            "target": getattr(self, "target_zk", None),
+        }
+        return {name: str(zk.state) for name, zk in clients.items() if zk is not None}

@@ -68,6 +68,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         clock_offset_file=args.clock_offset_file or "",
         producer_expire_ms=args.producer_expire_ms,
         store=args.store or "",
+        metrics_listen=args.metrics_listen or "",
     )
 
     def ready(address: str) -> None:
@@ -82,6 +83,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from talos.testing.cluster import LocalCluster
+    from talos.testing.supervisor import supervise
 
     data_dir = Path(args.data_dir)
     if args.dcs > 1:
@@ -112,6 +114,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         cluster=args.cluster,
         session_timeout=args.session_timeout,
         store=dfs.url("/talos") if dfs is not None else "",
+        metrics=True,
     )
     bootstrap_file = data_dir / BOOTSTRAP_FILE
     try:
@@ -121,19 +124,20 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         print(f"ZooKeeper:  {cluster.zookeeper.address}")
         print(f"bootstrap:  {cluster.bootstrap}")
         print(f"(written to {bootstrap_file}; Ctrl-C stops everything)", flush=True)
-        while not stop.wait(0.5):
-            for broker in cluster.brokers:
-                if not broker.alive():
-                    print(
-                        f"broker {broker.broker_id} exited; see {broker.log_path}", file=sys.stderr
-                    )
-                    stop.set()
+        supervise(data_dir, stop, {b.broker_id: b for b in cluster.brokers})
     finally:
         print("stopping ...", flush=True)
         cluster.stop()
         if dfs is not None:
             dfs.stop()
         bootstrap_file.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_dev_restart(args: argparse.Namespace) -> int:
+    from talos.testing.supervisor import run_dev_restart
+
+    run_dev_restart(args.data_dir, args.kind, args.name)
     return 0
 
 
@@ -414,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget an idempotent producer idle this long on a partition (default 7 days); "
         "its retries are deduplicated until then",
     )
+    broker.add_argument(
+        "--metrics-listen", default=None, help="HOST:PORT to serve Prometheus /metrics on"
+    )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 
     dev = sub.add_parser("dev", help="local deployments")
@@ -437,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="2: datacenters A and B (--brokers each) with a mirror link A->B and a topology file",
     )
     up.set_defaults(func=cmd_dev_up)
+    restart = dev_sub.add_parser(
+        "restart", help="bring back a process of the running `talos dev up` (restart if alive)"
+    )
+    restart.add_argument("kind", choices=("broker", "mirror"))
+    restart.add_argument("name", help="broker id (b1, or A/b1 with two DCs) or mirror link (A:B)")
+    restart.add_argument("--data-dir", default=os.environ.get("TALOS_DEV_DIR", DEFAULT_DEV_DIR))
+    restart.set_defaults(func=cmd_dev_restart)
 
     def with_bootstrap(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--bootstrap", default=None, help="broker host:port[,host:port]")
@@ -488,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
     consume.add_argument("--print-offsets", action="store_true")
     consume.set_defaults(func=cmd_consume)
+
+    from talos.group_cli import add_group_parser
+
+    add_group_parser(sub)
 
     from talos.bench.cli import add_parser as add_bench_parser
 

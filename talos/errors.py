@@ -34,6 +34,8 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE = 19
     PRODUCER_FENCED = 20
     MIRROR_DIVERGED = 21
+    UNKNOWN_GROUP = 22
+    GROUP_NOT_EMPTY = 23
 
 
 class TalosError(Exception):
@@ -191,6 +193,18 @@ class UnknownMember(TalosError):
     code = ErrorCode.UNKNOWN_MEMBER
 
 
+class UnknownGroup(TalosError):
+    """No consumer group of that name exists (nothing committed, nobody joined)."""
+
+    code = ErrorCode.UNKNOWN_GROUP
+
+
+class GroupNotEmpty(TalosError):
+    """The group has live members; offsets can be reset and groups deleted only when empty."""
+
+    code = ErrorCode.GROUP_NOT_EMPTY
+
+
 class TalosTimeout(TalosError):
     code = ErrorCode.TIMEOUT
     retriable = True
@@ -225,6 +239,8 @@ _BY_CODE: dict[ErrorCode, type[TalosError]] = {
         ProducerFenced,
         IllegalGeneration,
         UnknownMember,
+        UnknownGroup,
+        GroupNotEmpty,
         TalosTimeout,
         Unavailable,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from talos import metrics
 from talos.errors import (
     ErrorCode,
     Gap,
@@ -22,6 +23,7 @@ from talos.proto import talos_pb2 as pb
 
 
 def error_to_proto(exc: TalosError) -> pb.Error:
+    metrics.error_answered(exc.code)
     error = pb.Error(code=int(exc.code), message=exc.message)
     if isinstance(exc, NotOwner):
         error.owner_id = exc.owner_id

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from talos import metrics
 from talos.clock import Clock
 from talos.config import UNLIMITED, TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
@@ -252,7 +253,7 @@ class PartitionLog:
             group, self._pending = self._pending, []
         try:
             if self.status == "new" and not self._release_requested:
-                self._take_over()
+                metrics.timed_takeover(self._take_over)
             if self._release_requested and self.status in ("new", "serving"):
                 self._give_up("released", "partition was reassigned")
             if self.status == "serving" and group:
@@ -515,6 +516,7 @@ class PartitionLog:
 
     def _append_group(self, group: list[PendingAppend]) -> None:
         """Group commit: one write and one flush for every batch waiting."""
+        metrics.group_committed(len(group))
         segment = self._writable_segment()
         committed = self._committed
         buffer = bytearray()

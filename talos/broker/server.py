@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from kazoo.client import KazooClient
 
+from talos import metrics
 from talos.clock import SYSTEM_CLOCK, Clock, ShiftedClock
 from talos.config import validate_partition, validate_topic_name
 from talos.coord.brokers import BrokerRegistry
@@ -73,6 +74,7 @@ class BrokerConfig:
     producer_expire_ms: int = DEFAULT_EXPIRE_MS
     # Where the logs live when not in data_dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH.
     store: str = ""
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; empty: none
 
 
 #: How often every owned partition runs its upkeep (producer expiry) even when idle.
@@ -164,6 +166,7 @@ class Broker:
         self.clock = clock
         self.broker_id = config.broker_id
         self.address = ""
+        self.metrics_address = ""
         self.logs: dict[tuple[str, int], PartitionLog] = {}
         self.assignment = Assignment(version=-1, owners={})
         self.live_brokers: dict[str, str] = {}
@@ -212,6 +215,12 @@ class Broker:
         self.controller.start()
         self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
         self._upkeep = asyncio.ensure_future(self._upkeep_loop())
+        if self.config.metrics_listen:
+            collector = metrics.BrokerCollector(self._partition_views, lambda: str(self.zk.state))
+            self.metrics_address = metrics.serve(self.config.metrics_listen, collector)
+            log.info(
+                "broker %s: metrics on http://%s/metrics", self.broker_id, self.metrics_address
+            )
         log.info("broker %s serving on %s", self.broker_id, self.address)
 
     async def _upkeep_loop(self) -> None:
@@ -328,6 +337,13 @@ class Broker:
         task.add_done_callback(lambda _: self._reconcile())
 
     # ---- helpers for the service --------------------------------------------
+
+    def _partition_views(self) -> list[metrics.PartitionView]:
+        return [
+            metrics.PartitionView(topic, partition, plog.log_start, plog.log_end)
+            for (topic, partition), plog in sorted(self.logs.items())
+            if plog.status == "serving"
+        ]
 
     def owned_log(self, topic: str, partition: int, serving: bool = False) -> PartitionLog:
         validate_topic_name(topic)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from talos import config as cfg
+from talos import metrics
 from talos.errors import (
     CorruptBatch,
     Fenced,
@@ -144,6 +145,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         broker = self.broker
         futures: list[Awaitable[int]] = []
         for batch in request.batches:
+            metrics.produced(batch.topic, len(batch.records))
             try:
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
@@ -164,7 +166,9 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures.append(failed)
-        return asyncio.gather(*futures, return_exceptions=True)
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        metrics.time_produce(gathered)
+        return gathered
 
     def _produce_response(
         self, request: pb.ProduceRequest, outcomes: list[Any]
@@ -221,6 +225,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                 for task in pending:
                     task.cancel()
                 response = await self._fetch(request)
+        metrics.fetched(response.results)
         return response
 
     async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
@@ -409,6 +414,57 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         for (topic, partition), offset in sorted(found.items()):
             response.offsets.add(topic=topic, partition=partition, offset=offset)
         return response
+
+    # ---- consumer group administration --------------------------------------
+
+    @replies_with_error(pb.ListGroupsResponse)
+    async def ListGroups(
+        self, request: pb.ListGroupsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListGroupsResponse:
+        groups = await self._coord(
+            lambda: self.broker.groups.list_groups(self.broker.clock.wall_ms())
+        )
+        response = pb.ListGroupsResponse()
+        for g in groups:
+            response.groups.add(group=g.group, live_members=g.live_members, generation=g.generation)
+        return response
+
+    @replies_with_error(pb.DescribeGroupResponse)
+    async def DescribeGroup(
+        self, request: pb.DescribeGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DescribeGroupResponse:
+        found = await self._coord(
+            lambda: self.broker.groups.describe(request.group, self.broker.clock.wall_ms())
+        )
+        response = pb.DescribeGroupResponse(generation=found.generation)
+        for member in found.members:
+            response.members.add(
+                member_id=member.member_id, topics=member.topics, expires_ms=member.expires_ms
+            )
+        for (topic, partition), offset in sorted(found.offsets.items()):
+            response.offsets.add(topic=topic, partition=partition, offset=offset)
+        return response
+
+    @replies_with_error(pb.AdminResponse)
+    async def AlterGroupOffsets(
+        self, request: pb.AlterGroupOffsetsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AdminResponse:
+        offsets = {(item.topic, item.partition): item.offset for item in request.offsets}
+        await self._coord(
+            lambda: self.broker.groups.alter_offsets(
+                request.group, offsets, self.broker.clock.wall_ms()
+            )
+        )
+        return pb.AdminResponse()
+
+    @replies_with_error(pb.AdminResponse)
+    async def DeleteGroup(
+        self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AdminResponse:
+        await self._coord(
+            lambda: self.broker.groups.delete(request.group, self.broker.clock.wall_ms())
+        )
+        return pb.AdminResponse()
 
 
 def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:

@@ -19,7 +19,6 @@ from talos.errors import (
     CorruptRecords,
     IllegalGeneration,
     InvalidArgument,
-    NotOwner,
     OffsetOutOfRange,
     TalosError,
     UnknownMember,
@@ -29,7 +28,7 @@ from talos.record.batch import decode_fetch_as
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
-from .routing import Router
+from .routing import Router, list_offset
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +231,7 @@ class Consumer:
         return self._positions[tp]
 
     def _list_offset(self, tp: TopicPartition, timestamp_ms: int) -> int:
-        def call() -> int:
-            address = self.router.owner_address(tp.topic, tp.partition)
-            response: pb.ListOffsetsResponse = self.connections.call(
-                address,
-                "ListOffsets",
-                pb.ListOffsetsRequest(
-                    topic=tp.topic, partition=tp.partition, timestamp_ms=timestamp_ms
-                ),
-            )
-            error = error_from_proto(response.error)
-            if error is not None:
-                if isinstance(error, NotOwner):
-                    self.router.mark_stale(tp.topic)
-                raise error
-            return int(response.offset)
-
-        return retry_policy(30.0)(call)
+        return list_offset(self.connections, self.router, tp.topic, tp.partition, timestamp_ms)
 
     def _reset_position(self, tp: TopicPartition) -> int:
         if self.auto_offset_reset == "none":

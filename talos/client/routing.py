@@ -16,7 +16,7 @@ from talos.errors import NotOwner, TalosError, Unavailable, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.wire import error_from_proto
 
-from .connection import Connections
+from .connection import Connections, retry_policy
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,25 @@ def partition_error(error: pb.Error) -> TalosError | None:
     if isinstance(found, UnknownTopic):
         return NotOwner(str(found))
     return found
+
+
+def list_offset(
+    connections: Connections, router: Router, topic: str, partition: int, timestamp_ms: int
+) -> int:
+    """Ask the owner: -1 for its log end, -2 its log start, else the first offset at a time."""
+
+    def call() -> int:
+        address = router.owner_address(topic, partition)
+        response: pb.ListOffsetsResponse = connections.call(
+            address,
+            "ListOffsets",
+            pb.ListOffsetsRequest(topic=topic, partition=partition, timestamp_ms=timestamp_ms),
+        )
+        error = error_from_proto(response.error)
+        if error is not None:
+            if isinstance(error, NotOwner):
+                router.mark_stale(topic)
+            raise error
+        return int(response.offset)
+
+    return retry_policy(30.0)(call)

@@ -9,6 +9,7 @@ is refused, so a member that was rebalanced away cannot overwrite offsets.
 
 from __future__ import annotations
 
+import enum
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,15 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from talos.config import MAX_PARTITIONS, validate_group_name, validate_offset, validate_topic_name
 from talos.coord import paths
-from talos.coord.zk import dumps, loads, txn_failure, zk_errors
+from talos.coord.zk import dumps, loads, numbered_children, txn_failure, zk_errors
 from talos.errors import (
     CoordinationError,
+    GroupNotEmpty,
     IllegalGeneration,
     InvalidArgument,
+    UnknownGroup,
     UnknownMember,
 )
 
@@ -94,6 +97,104 @@ def _check_member_id(member_id: object) -> str:
     if member_id == "":
         return ""
     return paths.validate_name(member_id, "member_id")
+
+
+# -- administration: what an operator sees and changes (talos group ...) ------
+
+
+@dataclass(frozen=True)
+class MemberLease:
+    member_id: str
+    topics: tuple[str, ...]
+    expires_ms: int
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    group: str
+    live_members: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    """A group as stored: its live members and every committed offset."""
+
+    group: str
+    generation: int
+    members: tuple[MemberLease, ...]
+    offsets: dict[Partition, int]
+
+
+class ResetKind(enum.Enum):
+    EARLIEST = "earliest"
+    LATEST = "latest"
+    OFFSET = "offset"
+    DATETIME = "datetime"
+
+
+@dataclass(frozen=True)
+class ResetSpec:
+    """Where to move a group's offsets; ``value`` is the offset or the time in epoch ms."""
+
+    kind: ResetKind
+    value: int = 0
+
+
+@dataclass(frozen=True)
+class PartitionBounds:
+    """What the partition's owner said: its log range, and the first offset at the spec's time."""
+
+    log_start: int
+    log_end: int
+    time_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class OffsetReset:
+    topic: str
+    partition: int
+    current: int  # -1: nothing committed
+    new: int
+    note: str = ""
+
+
+def plan_offset_reset(
+    spec: ResetSpec,
+    current: Mapping[Partition, int],
+    bounds: Mapping[Partition, PartitionBounds],
+) -> list[OffsetReset]:
+    """The offset each partition resets to, as kafka-consumer-groups decides it.
+
+    Earliest is the log start, latest the log end; an explicit offset or the
+    first offset at a time is kept inside [log start, log end], so a reset never
+    points a group at data that does not exist.
+    """
+    plan = []
+    for (topic, partition), bound in sorted(bounds.items()):
+        if spec.kind is ResetKind.EARLIEST:
+            wanted = bound.log_start
+        elif spec.kind is ResetKind.LATEST:
+            wanted = bound.log_end
+        elif spec.kind is ResetKind.OFFSET:
+            wanted = spec.value
+        else:
+            if bound.time_offset is None:
+                raise InvalidArgument(f"to-datetime: no offset for the time of {topic}/{partition}")
+            wanted = bound.time_offset
+        new = min(max(wanted, bound.log_start), bound.log_end)
+        note = ""
+        if new > wanted:
+            note = f"{wanted} is below the log start; using the log start"
+        elif new < wanted:
+            note = f"{wanted} is past the log end; using the log end"
+        plan.append(OffsetReset(topic, partition, current.get((topic, partition), -1), new, note))
+    return plan
+
+
+def live_members(members: Mapping[str, _Member], now_ms: int) -> dict[str, _Member]:
+    """Members whose lease has not run out: they may still commit."""
+    return {m: info for m, info in members.items() if info.expires_ms > now_ms}
 
 
 class GroupStore:
@@ -179,7 +280,7 @@ class GroupStore:
                     continue
                 current = _parse_members(members_data)
                 generation = _parse_generation(generation_data)
-                alive = {m: info for m, info in current.items() if info.expires_ms > now_ms}
+                alive = live_members(current, now_ms)
                 updated = change(alive)
                 if updated == current:
                     return generation, updated
@@ -330,3 +431,135 @@ class GroupStore:
         topic = validate_topic_name(key[0], f"{param} topic")
         partition = _check_int(key[1], f"{param} partition", 0, MAX_PARTITIONS - 1)
         return topic, partition
+
+    # -- administration -------------------------------------------------------
+
+    def list_groups(self, now_ms: int) -> list[GroupSummary]:
+        with zk_errors("listing consumer groups"):
+            names = sorted(self._zk.get_children(paths.GROUPS))
+            states = [(name, self._read_state(name)) for name in names]
+        return [
+            GroupSummary(name, len(live_members(members, now_ms)), generation)
+            for name, (members, generation, _version) in states
+            if generation >= 0
+        ]
+
+    def _read_state(self, group: str) -> tuple[dict[str, _Member], int, int]:
+        """Members, generation and the members znode version; generation -1: no such group.
+
+        A group that only has offsets (copied by a mirror link, or reset before
+        anyone joined) has no members znode: it is empty, generation 0, version -1.
+        """
+        members_result = self._zk.get_async(paths.group_members(group))
+        generation_result = self._zk.get_async(paths.group_generation(group))
+        exists_result = self._zk.exists_async(paths.group(group))
+        try:
+            members_data, members_stat = members_result.get()
+            members, version = _parse_members(members_data), members_stat.version
+        except NoNodeError:
+            members, version = {}, -1
+        try:
+            generation = _parse_generation(generation_result.get()[0])
+        except NoNodeError:
+            generation = 0
+        if exists_result.get() is None:
+            return {}, -1, -1
+        return members, generation, version
+
+    def describe(self, group: str, now_ms: int) -> GroupDescription:
+        validate_group_name(group)
+        with zk_errors(f"describing group {group!r}"):
+            members, generation, _version = self._read_state(group)
+            if generation < 0:
+                raise UnknownGroup(f"group: {group!r} does not exist")
+            offsets = self._all_offsets(group)
+        return GroupDescription(
+            group=group,
+            generation=generation,
+            members=tuple(
+                MemberLease(m, info.topics, info.expires_ms)
+                for m, info in sorted(live_members(members, now_ms).items())
+            ),
+            offsets=offsets,
+        )
+
+    def _offset_paths(self, group: str) -> list[tuple[Partition, str]]:
+        try:
+            topics = sorted(self._zk.get_children(paths.group_offsets_root(group)))
+        except NoNodeError:
+            return []
+        listed = numbered_children(self._zk, [(t, paths.group_offsets(group, t)) for t in topics])
+        return sorted(((t, p), paths.group_offset(group, t, p)) for t, p in listed)
+
+    def _all_offsets(self, group: str) -> dict[Partition, int]:
+        keys = [key for key, _path in self._offset_paths(group)]
+        return {key: offset for key, offset in self.fetch(group, keys).items() if offset >= 0}
+
+    def _check_empty(
+        self, group: str, members: Mapping[str, _Member], now_ms: int, what: str
+    ) -> None:
+        alive = sorted(live_members(members, now_ms))
+        if alive:
+            raise GroupNotEmpty(
+                f"group {group!r} has {len(alive)} live member(s) ({', '.join(alive)}); "
+                f"stop its consumers before you {what}"
+            )
+
+    def alter_offsets(self, group: str, offsets: Mapping[Partition, int], now_ms: int) -> None:
+        """Set offsets of a group with no live member, atomically with that check.
+
+        The transaction checks the members znode version, so a consumer that
+        joins meanwhile makes it fail instead of racing the reset.
+        """
+        validate_group_name(group)
+        checked = {
+            self._check_partition(key, "offsets"): validate_offset(offset, f"offsets[{key!r}]")
+            for key, offset in offsets.items()
+        }
+        with zk_errors(f"setting offsets of group {group!r}"):
+            for _ in range(_CAS_ATTEMPTS):
+                self._ensure_group(group)
+                members, _generation, version = self._read_state(group)
+                self._check_empty(group, members, now_ms, "reset its offsets")
+                txn = self._zk.transaction()
+                txn.check(paths.group_members(group), version)
+                self._forget(group)
+                self._add_offsets(txn, group, checked)
+                failure = txn_failure(txn.commit())
+                if failure is None:
+                    return
+                if not isinstance(failure, BadVersionError | NoNodeError | NodeExistsError):
+                    raise failure
+        raise CoordinationError(f"setting offsets of group {group!r}: too much contention, retry")
+
+    def delete(self, group: str, now_ms: int) -> None:
+        """Remove a group with no live member: its membership and every committed offset."""
+        validate_group_name(group)
+        with zk_errors(f"deleting group {group!r}"):
+            for _ in range(_CAS_ATTEMPTS):
+                members, generation, version = self._read_state(group)
+                if generation < 0:
+                    raise UnknownGroup(f"group: {group!r} does not exist")
+                self._check_empty(group, members, now_ms, "delete it")
+                txn = self._zk.transaction()
+                if version >= 0:
+                    txn.check(paths.group_members(group), version)
+                for _key, path in self._offset_paths(group):
+                    txn.delete(path)
+                root = paths.group_offsets_root(group)
+                topics = self._zk.get_children(root) if self._zk.exists(root) else []
+                for topic in sorted(topics):
+                    txn.delete(paths.group_offsets(group, topic))
+                if topics or self._zk.exists(root):
+                    txn.delete(root)
+                for node in (paths.group_members(group), paths.group_generation(group)):
+                    if self._zk.exists(node):
+                        txn.delete(node)
+                txn.delete(paths.group(group))
+                failure = txn_failure(txn.commit())
+                self._forget(group)
+                if failure is None:
+                    return
+                if not isinstance(failure, BadVersionError | NoNodeError | NotEmptyError):
+                    raise failure
+        raise CoordinationError(f"deleting group {group!r}: too much contention, retry")

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -29,6 +29,8 @@ from kazoo.retry import KazooRetry
 
 from talos.coord import paths
 from talos.errors import CoordinationError, InvalidArgument, TalosError
+
+K = TypeVar("K")
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +181,19 @@ def loads(data: bytes | None, what: str) -> Any:
         return json.loads(data or b"")
     except (ValueError, UnicodeDecodeError) as exc:
         raise CoordinationError(f"{what}: znode holds invalid JSON ({exc})") from None
+
+
+def numbered_children(zk: KazooClient, parents: Sequence[tuple[K, str]]) -> list[tuple[K, int]]:
+    """The numeric children (partitions) of each parent znode, listed in parallel.
+
+    A parent that vanished meanwhile has none; other children are ignored.
+    """
+    listings = [(key, zk.get_children_async(parent)) for key, parent in parents]
+    found: list[tuple[K, int]] = []
+    for key, listing in listings:
+        try:
+            children = listing.get()
+        except NoNodeError:
+            continue
+        found.extend((key, int(child)) for child in children if child.isdigit())
+    return found

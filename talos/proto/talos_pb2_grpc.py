@@ -109,6 +109,26 @@ class BrokerStub:
                 request_serializer=talos_dot_proto_dot_talos__pb2.OffsetFetchRequest.SerializeToString,
                 response_deserializer=talos_dot_proto_dot_talos__pb2.OffsetFetchResponse.FromString,
                 _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/talos.v1.Broker/ListGroups',
+                request_serializer=talos_dot_proto_dot_talos__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroup = channel.unary_unary(
+                '/talos.v1.Broker/DescribeGroup',
+                request_serializer=talos_dot_proto_dot_talos__pb2.DescribeGroupRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.DescribeGroupResponse.FromString,
+                _registered_method=True)
+        self.AlterGroupOffsets = channel.unary_unary(
+                '/talos.v1.Broker/AlterGroupOffsets',
+                request_serializer=talos_dot_proto_dot_talos__pb2.AlterGroupOffsetsRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/talos.v1.Broker/DeleteGroup',
+                request_serializer=talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -206,6 +226,30 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AlterGroupOffsets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +327,26 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.FetchOffsets,
                     request_deserializer=talos_dot_proto_dot_talos__pb2.OffsetFetchRequest.FromString,
                     response_serializer=talos_dot_proto_dot_talos__pb2.OffsetFetchResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.ListGroupsRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroup,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.DescribeGroupRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'AlterGroupOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterGroupOffsets,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.AlterGroupOffsetsRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.AdminResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.AdminResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +754,114 @@ class Broker:
             '/talos.v1.Broker/FetchOffsets',
             talos_dot_proto_dot_talos__pb2.OffsetFetchRequest.SerializeToString,
             talos_dot_proto_dot_talos__pb2.OffsetFetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/ListGroups',
+            talos_dot_proto_dot_talos__pb2.ListGroupsRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/DescribeGroup',
+            talos_dot_proto_dot_talos__pb2.DescribeGroupRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterGroupOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/AlterGroupOffsets',
+            talos_dot_proto_dot_talos__pb2.AlterGroupOffsetsRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/DeleteGroup',
+            talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
             options,
             channel_credentials,
             insecure,

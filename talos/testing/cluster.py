@@ -32,6 +32,7 @@ class BrokerProcess:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    metrics_address: str = ""  # where it serves Prometheus /metrics ("" if it does not)
 
     @property
     def address(self) -> str:
@@ -88,6 +89,7 @@ class LocalCluster:
         advertised_host: str = "",
         clock_offset_file: str = "",
         store: str = "",
+        metrics: bool = False,
     ) -> None:
         self._own_dir = data_dir is None
         # hdfs://... puts the logs on HDFS; "" keeps them in <data_dir>/store (posix).
@@ -102,6 +104,7 @@ class LocalCluster:
         self.advertised_host = advertised_host
         # Brokers add the integer (ms) in this file to their wall clock (an injected clock).
         self.clock_offset_file = clock_offset_file
+        self.metrics = metrics  # brokers serve /metrics on a free port each
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -122,7 +125,7 @@ class LocalCluster:
     def bootstrap(self) -> str:
         return ",".join(b.address for b in self.brokers)
 
-    def _broker_args(self, broker_id: str, port: int) -> list[str]:
+    def _broker_args(self, broker_id: str, port: int, metrics_address: str = "") -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -143,6 +146,7 @@ class LocalCluster:
             str(self.reassign_delay_ms),
             *(["--advertised-host", self.advertised_host] if self.advertised_host else []),
             *(["--clock-offset-file", self.clock_offset_file] if self.clock_offset_file else []),
+            *(["--metrics-listen", metrics_address] if metrics_address else []),
             *(
                 ["--max-queued-bytes", str(self.max_queued_bytes)]
                 if self.max_queued_bytes is not None
@@ -164,11 +168,13 @@ class LocalCluster:
     def add_broker(self, start: bool = True) -> BrokerProcess:
         broker_id = f"b{len(self.brokers) + 1}"
         port = free_port()
+        metrics_address = f"127.0.0.1:{free_port()}" if self.metrics else ""
         broker = BrokerProcess(
             broker_id,
             port,
             os.path.join(self.data_dir, f"broker-{broker_id}.log"),
-            self._broker_args(broker_id, port),
+            self._broker_args(broker_id, port, metrics_address),
+            metrics_address=metrics_address,
         )
         self.brokers.append(broker)
         if start:

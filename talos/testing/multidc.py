@@ -32,6 +32,8 @@ from typing import TextIO
 from talos.errors import InvalidArgument, TalosError
 from talos.testing.cluster import LocalCluster
 from talos.testing.proxy import TcpProxy
+from talos.testing.supervisor import supervise
+from talos.testing.zookeeper import free_port
 from topology import Datacenter, Link, StoreSpec, Topology, dump_topology, load_topology
 
 TOPOLOGY_FILE = "topology.toml"
@@ -61,6 +63,7 @@ class MirrorProcess:
     args: list[str]
     log_path: str
     process: subprocess.Popen[bytes] | None = None
+    metrics_address: str = ""  # where it serves Prometheus /metrics ("" if it does not)
 
     @property
     def pid(self) -> int:
@@ -135,6 +138,7 @@ class MultiDC:
         wan_bandwidth_bytes_s: int | None = None,
         start_mirror: bool = True,
         mirror_args: Sequence[str] = (),
+        metrics: bool = False,
     ) -> None:
         if len(set(dc_names)) != len(dc_names) or len(dc_names) < 1:
             raise InvalidArgument(f"dc_names: must be distinct names, got {list(dc_names)}")
@@ -162,6 +166,7 @@ class MultiDC:
         self.wan_bandwidth_bytes_s = wan_bandwidth_bytes_s
         self.start_mirror = start_mirror
         self.mirror_args = tuple(mirror_args)
+        self.metrics = metrics  # brokers and mirror workers serve /metrics
         self.dcs: dict[str, DataCenter] = {}
         self.mirrors: list[MirrorProcess] = []
         self.topology_path = self.data_dir / TOPOLOGY_FILE
@@ -182,6 +187,7 @@ class MultiDC:
                 cluster=name,
                 session_timeout=self.session_timeout,
                 advertised_host=WAN_HOST if wan else "",
+                metrics=self.metrics,
             )
             dc = DataCenter(name, cluster)
             self.dcs[name] = dc
@@ -312,6 +318,7 @@ class MultiDC:
         if reason is not None:
             raise TalosError(f"cannot start a mirror worker: {reason}")
         worker_id = worker_id or f"w{len(self.mirrors) + 1}"
+        metrics_address = f"127.0.0.1:{free_port()}" if self.metrics else ""
         args = [
             sys.executable,
             "-m",
@@ -326,9 +333,10 @@ class MultiDC:
             worker_id,
             *self.mirror_args,
             *extra_args,
+            *(["--metrics-listen", metrics_address] if metrics_address else []),
         ]
         log_path = str(self.data_dir / f"mirror-{link.replace(':', '-')}-{worker_id}.log")
-        process = MirrorProcess(link, worker_id, args, log_path)
+        process = MirrorProcess(link, worker_id, args, log_path, metrics_address=metrics_address)
         process.start()
         self.mirrors.append(process)
         return process
@@ -381,6 +389,7 @@ def run_dev_up(
         brokers=brokers,
         links=((names[0], names[1]),),
         session_timeout=session_timeout,
+        metrics=True,
     )
     written: list[Path] = []
 
@@ -411,16 +420,17 @@ def run_dev_up(
             say(f"mirror:     NOT started: {deployment.mirror_skipped}")
         say(f"status:     talos mirror status --topology {deployment.topology_path}")
         say(f"(the default bootstrap file {first} points at {names[0]}; Ctrl-C stops everything)")
-        while not stop.wait(0.5):
-            for name, dc in deployment.dcs.items():
-                for broker in dc.cluster.brokers:
-                    if not broker.alive():
-                        say(f"DC {name}: broker {broker.broker_id} exited; see {broker.log_path}")
-                        stop.set()
-            for worker in deployment.mirrors:
-                if not worker.alive():
-                    say(f"mirror worker {worker.worker_id} exited; see {worker.log_path}")
-                    stop.set()
+        supervise(
+            directory,
+            stop,
+            brokers={
+                f"{n}/{b.broker_id}": b
+                for n, dc in deployment.dcs.items()
+                for b in dc.cluster.brokers
+            },
+            mirrors={worker.link: worker for worker in deployment.mirrors},
+            out=out,
+        )
     finally:
         say("stopping ...")
         deployment.stop()
