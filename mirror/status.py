@@ -19,6 +19,7 @@ from typing import Any, Literal
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from mirror.failover import FAILBACK_PENDING, pending_link
 from mirror.paths import (
     heartbeat_path,
     offset_sync_path,
@@ -38,8 +39,10 @@ from topology import Datacenter, Link, Topology
 
 log = logging.getLogger(__name__)
 
-State = Literal["ok", "lagging", "stalled", "error"]
-STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error")
+State = Literal["ok", "promoted", "failback_pending", "lagging", "stalled", "error"]
+STATES: tuple[State, ...] = ("ok", "promoted", "failback_pending", "lagging", "stalled", "error")
+#: What a healthy link may be in (a monitoring check passes).
+HEALTHY_STATES: tuple[State, ...] = ("ok", "promoted", "failback_pending", "lagging")
 _SEVERITY: dict[str, int] = {state: rank for rank, state in enumerate(STATES)}
 
 DEFAULT_STALL_AFTER_S = 15.0
@@ -67,6 +70,35 @@ def link_copies(link: Link, source_topic: str, source_mirror: Mapping[str, Any] 
     if source_mirror is None or source_mirror.get("promoted"):
         return True
     return source_mirror.get("source") != link.target
+
+
+def failover_state(link: Link, target_mirror: Mapping[str, Any] | None) -> State | None:
+    """The named, healthy state a failover leaves the link's target topic in (None: none).
+
+    ``promoted``: this link was promoted; its target is writable and the link
+    copies nothing more. ``failback_pending``: this link is the reverse of a
+    promoted one and its target (the old primary) waits, read-only, for
+    ``talos mirror failback``, which makes it a plain mirror of this link.
+    """
+    if target_mirror is None:
+        return None
+    if target_mirror.get("link") == link.name and target_mirror.get("promoted"):
+        return "promoted"
+    if (
+        target_mirror.get("link") == pending_link(link.name)
+        and target_mirror.get("failback") == FAILBACK_PENDING
+    ):
+        return "failback_pending"
+    return None
+
+
+def failover_detail(link: Link, state: State) -> str:
+    if state == "promoted":
+        return "promoted: the target is writable; this link copies nothing until a failback"
+    return (
+        f"failback pending: read-only until `talos mirror failback --link "
+        f"{link.target}:{link.source}` truncates it and this link starts"
+    )
 
 
 def target_mirror_problem(link: Link, target_mirror: Mapping[str, Any] | None) -> str:
@@ -173,6 +205,8 @@ class PartitionInput:
     oldest_unreplicated_ms: int | None = None
     error: str = ""
     target_problem: str = ""
+    #: set after a failover: a named healthy state instead of a target problem
+    failover: State | None = None
 
 
 @dataclass(frozen=True)
@@ -277,7 +311,7 @@ class LinkStatus:
     @property
     def healthy(self) -> bool:
         """What a monitoring check asks: nothing stalled and nothing in error."""
-        return self.state in ("ok", "lagging")
+        return self.state in HEALTHY_STATES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -405,6 +439,8 @@ def partition_status(
             detail="; ".join(d for d in detail if d),
         )
 
+    if inp.failover is not None:
+        return row(inp.failover, None, None, False, [inp.target_problem, inp.error])
     if inp.target_problem:
         return row("error", None, None, False, [inp.target_problem, inp.error])
     if source_end is None or target_end is None:
@@ -804,6 +840,9 @@ class StatusReader:
                 )
             meta = target_zk.metas.get(target_topic)
             target_problem = target_mirror_problem(link, meta.mirror) if meta is not None else ""
+            after_failover = failover_state(link, meta.mirror) if meta is not None else None
+            if after_failover is not None:
+                target_problem = failover_detail(link, after_failover)
             target_missing = target_zk.missing(target_view, target_topic, p)
             target_end = None if target_missing else target_view.ends.get((target_topic, p))
             if target_end is None and not target_missing:
@@ -824,6 +863,7 @@ class StatusReader:
                     oldest_unreplicated_ms=oldest.get((source_topic, p)),
                     error="; ".join(problems),
                     target_problem=target_problem,
+                    failover=after_failover,
                 )
             )
         errors.extend(target_zk.problems)
