@@ -92,6 +92,15 @@ def failover_state(link: Link, target_mirror: Mapping[str, Any] | None) -> State
     return None
 
 
+def waits_for_failback(link: Link, source_mirror: Mapping[str, Any] | None) -> bool:
+    """Whether the source topic is the old primary of this promoted link, awaiting failback.
+
+    The link copies nothing from it, but its status shows the topic (as promoted).
+    """
+    reverse = Link(link.target, link.source, link.topics)
+    return failover_state(reverse, source_mirror) == "failback_pending"
+
+
 def failover_detail(link: Link, state: State) -> str:
     if state == "promoted":
         return "promoted: the target is writable; this link copies nothing until a failback"
@@ -896,7 +905,9 @@ class StatusReader:
                     except NoNodeError:
                         continue  # deleted meanwhile
                     meta = TopicMeta.from_json(data)
-                    if link_copies(link, name, meta.mirror):
+                    if link_copies(link, name, meta.mirror) or waits_for_failback(
+                        link, meta.mirror
+                    ):
                         metas[name] = meta
             return metas, ""
         except TalosError as exc:

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import asyncssh
 import pytest
 
 from talos.cli import main
-from talos.testing.sshd import SshServer, sshd_available
+from talos.testing.sshd import SshServer
 from topology import Topology, loads_topology
 from topology.drill import (
     DrillError,
@@ -40,22 +39,6 @@ from topology.drill import (
 REPO = Path(__file__).resolve().parents[2]
 #: How the hosts (this machine, reached over sshd's clean environment) run this checkout's talos.
 TALOS = f"env PYTHONPATH={REPO} {sys.executable} -m talos"
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    reason = sshd_available()
-    if reason is not None:
-        pytest.skip(f"needs OpenSSH's sshd: {reason}")
-    server = SshServer(tmp_path_factory.mktemp("sshd"))
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.skip(f"sshd cannot run here: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def make_topology(tmp_path: Path, port: int, user: str = "drill") -> Topology:

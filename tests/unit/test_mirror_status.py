@@ -327,7 +327,7 @@ def test_loop_rule_skips_unpromoted_mirrors_of_the_target() -> None:
 def test_after_a_promote_both_directions_are_named_healthy_states() -> None:
     """Issue 15: status right after a promote is not an error (a drill's verify passes)."""
     from mirror.failover import pending_reverse_mirror, promoted_mirror
-    from mirror.status import failover_state
+    from mirror.status import failover_state, waits_for_failback
 
     mine = {"link": LINK.name, "source": "A", "source_topic": "t", "epoch": 1, "promoted": False}
     assert failover_state(LINK, mine) is None
@@ -338,6 +338,9 @@ def test_after_a_promote_both_directions_are_named_healthy_states() -> None:
     pending = pending_reverse_mirror(None, reverse.name, "B", "t")
     assert failover_state(reverse, pending) == "failback_pending"
     assert failover_state(LINK, pending) is None  # another link's pending topic stays an error
+    # A's topic, awaiting failback, is still listed by the status of the promoted link A:B
+    assert waits_for_failback(LINK, pending) and not waits_for_failback(reverse, pending)
+    assert not waits_for_failback(LINK, mine)
     for state in ("promoted", "failback_pending"):
         result = status(part(target_problem="after a failover", failover=state))
         row = result.partitions[0]
