@@ -847,37 +847,42 @@ class SshRunner:
         return await self.run_on(step.host, step.command, step.timeout_s)
 
     async def run_on(self, host: str, command: str, timeout_s: float) -> Completed:
-        """Run ``command`` on ``host``; past ``timeout_s`` kill its process group there."""
+        """Run ``command`` on ``host``; past ``timeout_s`` (or on Ctrl-C) kill its group there."""
         import asyncssh
 
         conn = await self._connection(host)
-        pgid: int | None = None
         try:
             process = await conn.create_process(remote_command(command))
+            mark = asyncio.ensure_future(_read_mark(process.stderr))
             try:
                 async with asyncio.timeout(timeout_s):
-                    first = await process.stderr.readline()
-                    if first.startswith(PGID_MARK):
-                        pgid, first = int(first[len(PGID_MARK) :]), ""
+                    _, before = await asyncio.shield(mark)
                     out, err = await process.communicate()
             except TimeoutError:
-                note = await self._stop(conn, process, host, pgid)
+                note = await self._stop(conn, mark, host)
                 process.close()
                 return Completed(None, timed_out=True, note=note)
+            except asyncio.CancelledError:
+                await self._stop(conn, mark, host)
+                process.close()
+                raise
         except (OSError, asyncssh.Error) as exc:
             self._connections.pop(host, None)
             raise TalosError(f"ssh to {host}: {exc}") from None
-        return Completed(process.exit_status, _text_of(out), first + _text_of(err))
+        return Completed(process.exit_status, _text_of(out), before + _text_of(err))
 
-    async def _stop(self, conn: Any, process: Any, host: str, pgid: int | None) -> str:
+    async def _stop(
+        self, conn: Any, mark: asyncio.Future[tuple[int | None, str]], host: str
+    ) -> str:
+        """Kill the command's process group through a second session on the same connection."""
         import asyncssh
 
-        if pgid is None:  # the command has not reported its group yet: wait for that
-            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-                first = await asyncio.wait_for(process.stderr.readline(), STOP_TIMEOUT_S)
-                if first.startswith(PGID_MARK):
-                    pgid = int(first[len(PGID_MARK) :])
+        pgid: int | None = None
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+            # a command that has not reported its group yet may still start: wait for it
+            pgid, _ = await asyncio.wait_for(mark, STOP_TIMEOUT_S)
         if pgid is None:
+            mark.cancel()
             return f"its process group on {host} never became known; closed its channel only"
         try:
             done = await asyncio.wait_for(
@@ -895,6 +900,19 @@ class SshRunner:
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
         self._connections.clear()
+
+
+async def _read_mark(stderr: Any) -> tuple[int | None, str]:
+    """The process group a remote step reports first, and any stderr a login script wrote
+    before it (None: the command ended without reporting one, e.g. no setsid there)."""
+    before: list[str] = []
+    while True:
+        line = _text_of(await stderr.readline())
+        if not line:
+            return None, "".join(before)
+        if line.startswith(PGID_MARK):
+            return int(line[len(PGID_MARK) :]), "".join(before)
+        before.append(line)
 
 
 def _text_of(data: object) -> str:

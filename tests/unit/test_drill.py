@@ -466,7 +466,6 @@ def test_a_timed_out_step_stops_its_remote_command(tmp_path: Path, sshd: SshServ
     appears."""
     topology = ssh_topology(tmp_path, sshd)
     late = f"(sleep 3; touch {tmp_path}/late-child) & sleep 3; touch {tmp_path}/late"
-    started = time.monotonic()
     result = run(
         ssh_section(sshd)
         + f"""
@@ -481,10 +480,9 @@ seconds = 0.1
 """,
         topology,
     )
-    took = time.monotonic() - started
-    assert took < 3, "the drill waited for the command instead of stopping it"
-    time.sleep(max(0.0, started + 4.5 - time.monotonic()))
     assert (tmp_path / "began").exists()  # it did run
+    # had it been left running, both files would exist 3 s after it began
+    time.sleep(max(0.0, (tmp_path / "began").stat().st_mtime + 3.8 - time.time()))
     assert not (tmp_path / "late").exists()
     assert not (tmp_path / "late-child").exists()
     step = result.steps[0]
