@@ -673,3 +673,18 @@ command = "touch {tmp_path}/never"
     assert code == 1
     assert (out + err).count(summary) == 1, out + err
     assert "drill failed at step 3 verify on b1" in err
+
+
+def test_a_timed_out_local_step_is_killed_with_its_children(tmp_path: Path) -> None:
+    topology = make_topology(tmp_path, 2222)
+    late = f"(sleep 2; touch {tmp_path}/late-child) & sleep 2; touch {tmp_path}/late"
+    result = run(
+        f'[[step]]\naction = "exec"\ncommand = "touch {tmp_path}/began; {late}"\ntimeout_s = 0.5\n',
+        topology,
+    )
+    assert (tmp_path / "began").exists()
+    time.sleep(max(0.0, (tmp_path / "began").stat().st_mtime + 2.8 - time.time()))
+    assert not (tmp_path / "late").exists() and not (tmp_path / "late-child").exists()
+    (step,) = result.steps
+    assert step.status == "timed_out"
+    assert step.error.startswith("timed out after 0.5s; killed its process group ")
