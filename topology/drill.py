@@ -424,7 +424,39 @@ def _parse_step(plan: _Plan, index: int, item: object, ctx: _StepContext) -> Ste
             f'e.g. {action} = "systemctl ..."',
         )
 
-    given = item.get("vars", {})
+    command, names = _command_of(plan, at, action, template, variables, item.get("vars", {}))
+    expect = item.get("expect_exit", 0)
+    if isinstance(expect, bool) or not isinstance(expect, int):
+        raise plan.fail((*at, "expect_exit"), f"must be an integer, got {expect!r}")
+    return Step(
+        index,
+        action,
+        str(host) if host is not None else None,
+        timeout,
+        command,
+        expect_exit=expect,
+        name=name,
+        link=link,
+        template=template,
+        uses=frozenset(k for k in names if k in BUILTIN_VARS),
+    )
+
+
+def _command_of(
+    plan: _Plan,
+    at: tuple[str | int, ...],
+    action: str,
+    template: str,
+    variables: Mapping[str, str],
+    given: object,
+) -> tuple[str, list[str]]:
+    """The step's command with every value quoted, and the variables its template uses.
+
+    ``variables`` are the drill's own (empty: not available to this step);
+    ``given`` is the step's ``[step.vars]`` table. A variable nobody supplies,
+    one the template does not use, or one that shadows the drill's is an error.
+    """
+    index = int(at[1]) + 1
     if not isinstance(given, dict):
         raise plan.fail((*at, "vars"), "must be a table ([step.vars]) of template variables")
     quoted = {key: shlex.quote(value) for key, value in variables.items() if key != "talos"}
@@ -461,21 +493,7 @@ def _parse_step(plan: _Plan, index: int, item: object, ctx: _StepContext) -> Ste
             (*at, "vars", unused[0]),
             f"the {action} command {template!r} does not use ${{{unused[0]}}} (misspelt?)",
         )
-    expect = item.get("expect_exit", 0)
-    if isinstance(expect, bool) or not isinstance(expect, int):
-        raise plan.fail((*at, "expect_exit"), f"must be an integer, got {expect!r}")
-    return Step(
-        index,
-        action,
-        str(host) if host is not None else None,
-        timeout,
-        fill(template, quoted),
-        expect_exit=expect,
-        name=name,
-        link=link,
-        template=template,
-        uses=frozenset(k for k in names if k in BUILTIN_VARS),
-    )
+    return fill(template, quoted), names
 
 
 def load_plan(path: str | os.PathLike[str], topology: Topology) -> DrillPlan:
