@@ -119,7 +119,7 @@ class SshServer:
         raise RuntimeError(f"sshd did not start on 127.0.0.1:{self.port}: {output or 'no output'}")
 
     def stop(self) -> None:
-        """Stop sshd and every session it still runs (they are in its process group)."""
+        """Stop the listening sshd (each session's own sshd ends when its client disconnects)."""
         process, self.process = self.process, None
         if process is None:
             return
