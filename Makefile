@@ -11,13 +11,20 @@ PROTO_OUT := talos/proto/talos_pb2.py talos/proto/talos_pb2.pyi talos/proto/talo
 
 all: test
 
-# ZooKeeper 3.8 and Java come from Debian's packages.
+# ZooKeeper 3.8, Java and OpenSSH's server come from Debian's packages.
 system-deps:
 	@if [ ! -f $(ZK_JAR) ] || ! command -v java >/dev/null 2>&1; then \
 		echo "installing zookeeper and java from apt"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq zookeeper default-jre-headless >/dev/null; \
+	fi
+# OpenSSH's server: the drill tests start their own sshd on a loopback port.
+	@if [ ! -x /usr/sbin/sshd ]; then \
+		echo "installing openssh-server from apt (for the drill tests)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null; \
 	fi
 	@if ! $(PY) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

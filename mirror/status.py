@@ -26,7 +26,7 @@ from mirror.paths import (
     progress_root,
     workers_path,
 )
-from mirror.state import MirrorState, loop_reason, target_problem
+from mirror.state import MirrorState, Phase, loop_reason, target_problem
 from talos.client.connection import Connections
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
@@ -39,8 +39,21 @@ from topology import Datacenter, Link, Topology
 
 log = logging.getLogger(__name__)
 
-State = Literal["ok", "lagging", "stalled", "error", "diverged", "gap"]
-STATES: tuple[State, ...] = ("ok", "lagging", "stalled", "error", "diverged", "gap")
+State = Literal[
+    "ok", "promoted", "failback_pending", "lagging", "stalled", "error", "diverged", "gap"
+]
+STATES: tuple[State, ...] = (
+    "ok",
+    "promoted",
+    "failback_pending",
+    "lagging",
+    "stalled",
+    "error",
+    "diverged",
+    "gap",
+)
+#: What a healthy link may be in (a monitoring check passes).
+HEALTHY_STATES: tuple[State, ...] = ("ok", "promoted", "failback_pending", "lagging")
 _SEVERITY: dict[str, int] = {state: rank for rank, state in enumerate(STATES)}
 
 DEFAULT_STALL_AFTER_S = 15.0
@@ -60,6 +73,43 @@ _FETCH_PARTITIONS = 32
 def link_copies(link: Link, source_topic: str, source_mirror: MirrorState | None) -> bool:
     """Whether ``link`` mirrors this source topic at all (selected, and no loop)."""
     return link.selects(source_topic) and not loop_reason(link.source, link.target, source_mirror)
+
+
+def failover_state(link: Link, target_mirror: MirrorState | None) -> State | None:
+    """The named, healthy state a failover leaves the link's target topic in (None: none).
+
+    ``promoted``: this link was promoted; its target is writable and the link
+    copies nothing more. ``failback_pending``: this link is the reverse of a
+    promoted one and its target (the old primary) waits, read-only, for
+    ``talos mirror failback``, which makes it a plain mirror of this link.
+    """
+    if target_mirror is None:
+        return None
+    if target_mirror.link != link.name:
+        return None
+    if target_mirror.phase is Phase.PROMOTED:
+        return "promoted"
+    if target_mirror.phase is Phase.FAILBACK_PENDING:
+        return "failback_pending"
+    return None
+
+
+def waits_for_failback(link: Link, source_mirror: MirrorState | None) -> bool:
+    """Whether the source topic is the old primary of this promoted link, awaiting failback.
+
+    The link copies nothing from it, but its status shows the topic (as promoted).
+    """
+    reverse = Link(link.target, link.source, link.topics)
+    return failover_state(reverse, source_mirror) == "failback_pending"
+
+
+def failover_detail(link: Link, state: State) -> str:
+    if state == "promoted":
+        return "promoted: the target is writable; this link copies nothing until a failback"
+    return (
+        f"failback pending: read-only until `talos mirror failback --link "
+        f"{link.target}:{link.source}` truncates it and this link starts"
+    )
 
 
 def target_mirror_problem(link: Link, source_topic: str, target_mirror: MirrorState | None) -> str:
@@ -163,6 +213,8 @@ class PartitionInput:
     oldest_unreplicated_ms: int | None = None
     error: str = ""
     target_problem: str = ""
+    #: set after a failover: a named healthy state instead of a target problem
+    failover: State | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +322,7 @@ class LinkStatus:
     @property
     def healthy(self) -> bool:
         """What a monitoring check asks: nothing stalled and nothing in error."""
-        return self.state in ("ok", "lagging")
+        return self.state in HEALTHY_STATES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -399,6 +451,8 @@ def partition_status(
             gap_messages=progress.gap_messages if progress is not None else 0,
         )
 
+    if inp.failover is not None:
+        return row(inp.failover, None, None, False, [inp.target_problem, inp.error])
     if inp.target_problem:
         return row("error", None, None, False, [inp.target_problem, inp.error])
     if source_end is None or target_end is None:
@@ -804,6 +858,9 @@ class StatusReader:
             problem = (
                 target_mirror_problem(link, source_topic, meta.mirror) if meta is not None else ""
             )
+            after_failover = failover_state(link, meta.mirror) if meta is not None else None
+            if after_failover is not None:
+                problem = failover_detail(link, after_failover)
             target_missing = target_zk.missing(target_view, target_topic, p)
             target_end = None if target_missing else target_view.ends.get((target_topic, p))
             if target_end is None and not target_missing:
@@ -824,6 +881,7 @@ class StatusReader:
                     oldest_unreplicated_ms=oldest.get((source_topic, p)),
                     error="; ".join(problems),
                     target_problem=problem,
+                    failover=after_failover,
                 )
             )
         errors.extend(target_zk.problems)
@@ -856,7 +914,9 @@ class StatusReader:
                     except NoNodeError:
                         continue  # deleted meanwhile
                     meta = TopicMeta.from_json(data)
-                    if link_copies(link, name, meta.mirror):
+                    if link_copies(link, name, meta.mirror) or waits_for_failback(
+                        link, meta.mirror
+                    ):
                         metas[name] = meta
             return metas, ""
         except TalosError as exc:

@@ -377,9 +377,21 @@ def _positive_int(name: str, low: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("talos")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talos", description="Talos message queue")
     parser.add_argument("--log-level", default=os.environ.get("TALOS_LOG_LEVEL", "WARNING"))
+    parser.add_argument(  # drills check with it that a host runs talos
+        "--version", action="version", version=f"talos {_installed_version()}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     broker = sub.add_parser("broker", help="run one broker")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real ZooKeeper per test session, from the Debian package."""
+"""Shared fixtures: a real ZooKeeper per test session and a real sshd per module (Debian's)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from talos.testing.hdfs import MiniDfsCluster, hdfs_available
+from talos.testing.sshd import SshServer, sshd_available
 from talos.testing.zookeeper import ZooKeeperServer, zookeeper_available
 
 
@@ -35,3 +36,20 @@ def hdfs_cluster() -> Iterator[MiniDfsCluster]:
 def cluster_name() -> str:
     """A fresh cluster name, so each test gets its own ZooKeeper chroot."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """OpenSSH's sshd on a loopback port, with its own config, keys and pid file."""
+    reason = sshd_available()
+    if reason is not None:
+        pytest.skip(f"needs OpenSSH's sshd: {reason}")
+    server = SshServer(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.skip(f"sshd cannot run here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,6 +8,7 @@ counts messages itself and compares with what the reports say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -515,3 +516,133 @@ def test_drill_lose_region_a_promote_b_and_fail_back(dcs: MultiDC, tmp_path: Pat
     assert set(promoted.unavailable_s) == {f"{TOPIC}/{p}" for p in range(PARTITIONS)}
     outage = time.monotonic() - lost_at
     assert all(0 < s < outage for s in promoted.unavailable_s.values())
+
+
+# ---- the README's drill plan, as written, over a real OpenSSH server (issue 15) ---------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+PLAN_MARK = "<!-- drill-plan"
+
+
+def readme_plan() -> str:
+    """The TOML block that follows the drill-plan marker in the README."""
+    text = README.read_text()
+    after = text[text.index(PLAN_MARK) :]
+    start = after.index("```toml\n") + len("```toml\n")
+    return after[start : after.index("```\n", start)]
+
+
+def with_hosts(dcs: MultiDC, path: Path, port: int) -> Topology:
+    """The deployment's topology plus one SSH host per DC (the loopback sshd, no user)."""
+    import dataclasses
+
+    from topology import HostSpec, dump_topology, load_topology
+
+    topology = topology_of(dcs)
+    datacenters = {
+        name: dataclasses.replace(
+            dc, hosts={f"{name.lower()}1": HostSpec(f"{name.lower()}1", None, "127.0.0.1", port)}
+        )
+        for name, dc in topology.datacenters.items()
+    }
+    path.write_text(dump_topology(dataclasses.replace(topology, datacenters=datacenters)))
+    return load_topology(path)
+
+
+def test_the_readme_drill_plan_works_over_openssh(
+    tmp_path: Path, sshd: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cut the link, produce 137 in A, promote B, verify, fail back: every figure checked."""
+    import os
+    import signal
+    import sys
+
+    from talos.cli import main
+
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(f"needs ZooKeeper and the mirror worker: {reason}")
+    repo = Path(__file__).resolve().parents[2]
+    talos = f"env PYTHONPATH={repo} {sys.executable} -m talos"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with MultiDC(
+        str(tmp_path / "dcs"),
+        brokers=1,
+        links=(("A", "B"), ("B", "A")),
+        topics=(TOPIC,),
+        session_timeout=3.0,
+        start_mirror=False,
+    ) as dcs:
+        topology_path = tmp_path / "topology.toml"
+        with_hosts(dcs, topology_path, sshd.port)
+        create_topic(dcs)
+        worker = dcs.start_worker("A:B")
+        (run_dir / "mirror-A:B.pid").write_text(f"{worker.pid}\n")
+        produce(dcs.bootstrap("A"), "m", 20, 1_000_000)
+        a_before = log_ends(dcs.bootstrap("A"))
+        wait_ends(dcs, dcs.bootstrap("B"), a_before, "the mirror to catch up")
+
+        # the README's plan; only the paths and accounts of this machine differ
+        plan_text = (
+            readme_plan()
+            .replace("/etc/talos/topology.toml", str(topology_path))
+            .replace('talos = "talos"', f'talos = "{talos}"')
+            .replace('username = "talos"', f'username = "{sshd.user}"')
+            .replace("~/.ssh/known_hosts", str(sshd.known_hosts))
+            .replace("~/.ssh/id_ed25519", str(sshd.client_key))
+            .replace("/run/talos", str(run_dir))
+        )
+        plan = tmp_path / "drill.toml"
+        plan.write_text(plan_text)
+        reverse_pid = 0
+        try:
+            code = main(["drill", "run", str(plan), "--topology", str(topology_path), "--json"])
+            out, err = capsys.readouterr()
+            timeline = json.loads(out)
+            back = timeline["steps"][-1]["figures"]
+            reverse_pid = (back.get("reverse_worker") or {}).get("pid", 0)
+            assert code == 0, err + json.dumps(timeline["steps"], indent=1)
+
+            steps = timeline["steps"]
+            assert [(s["action"], s["status"]) for s in steps] == [
+                ("cut_link", "ok"),
+                ("exec", "ok"),
+                ("promote", "ok"),
+                ("verify", "ok"),
+                ("failback", "ok"),
+            ]
+            assert [s["host"] for s in steps] == ["b1", "a1", "b1", "b1", "a1"]
+            assert steps[0]["label"] == 'step 1 "cut the link" (cut_link A:B) on b1'
+            assert not worker.alive()
+            promote_figures = steps[2]["figures"]
+            assert promote_figures["gap_messages"] == 137
+            assert steps[3]["figures"]["links"] == {"A:B": "promoted", "B:A": "failback_pending"}
+            assert back["archived"] == back["diverged"] == 137
+            assert back["reverse_worker"]["host"] == "a1"
+            assert back["reverse_worker"]["link"] == "B:A"
+            os.kill(reverse_pid, 0)  # the reverse worker runs
+            assert set(timeline["unavailable_s"]) == {f"{TOPIC}/{p}" for p in range(PARTITIONS)}
+
+            # A was cut back to where B took over, and the reverse link copies B into A
+            assert log_ends(dcs.bootstrap("B")) == a_before
+            with Producer(dcs.bootstrap("B")) as producer:
+                for p in range(PARTITIONS):
+                    producer.send(TOPIC, b"after", partition=p)
+            b_end = log_ends(dcs.bootstrap("B"))
+            wait_ends(dcs, dcs.bootstrap("A"), b_end, "the reverse link to copy B into A")
+        finally:
+            if reverse_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(reverse_pid, signal.SIGTERM)
+                wait_until(lambda: not _alive(reverse_pid), 20, "the reverse worker to stop")
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -264,6 +264,8 @@ def test_totals_add_up_the_rows() -> None:
     assert (totals.msgs_per_s, totals.bytes_per_s) == (15.0 + 20.0, 1500.0 + 2000.0)
     assert totals.states == {
         "ok": 1,
+        "promoted": 0,
+        "failback_pending": 0,
         "lagging": 2,
         "stalled": 0,
         "error": 0,
@@ -323,6 +325,30 @@ def test_loop_rule_skips_unpromoted_mirrors_of_the_target() -> None:
     assert not link_copies(back, "orders", from_a)  # B's copy of A's orders never goes home
     assert link_copies(back, "orders", promote(from_a, 1))
     assert not link_copies(Link("A", "B", ("pay*",)), "orders", None)
+
+
+def test_after_a_promote_both_directions_are_named_healthy_states() -> None:
+    """Issue 15: status right after a promote is not an error (a drill's verify passes)."""
+    from mirror.state import pending_reverse
+    from mirror.status import failover_state, waits_for_failback
+
+    mine = new_mirror(LINK.name, "A", "t")
+    assert failover_state(LINK, mine) is None
+    assert failover_state(LINK, None) is None
+    promoted = promote(mine, 1_000)
+    assert failover_state(LINK, promoted) == "promoted"
+    reverse = Link("B", "A", ("*",))
+    pending = pending_reverse(None, reverse.name, "B", "t")
+    assert failover_state(reverse, pending) == "failback_pending"
+    assert failover_state(LINK, pending) is None  # another link's pending topic stays an error
+    # A's topic, awaiting failback, is still listed by the status of the promoted link A:B
+    assert waits_for_failback(LINK, pending) and not waits_for_failback(reverse, pending)
+    assert not waits_for_failback(LINK, mine)
+    for state in ("promoted", "failback_pending"):
+        result = status(part(target_problem="after a failover", failover=state))
+        row = result.partitions[0]
+        assert (row.state, row.lag_messages, row.detail) == (state, None, "after a failover")
+        assert result.state == state and result.healthy and exit_code([result]) == 0
 
 
 def test_target_mirror_problem() -> None:
