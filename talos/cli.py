@@ -384,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     __import__("talos.export.cli", fromlist=["x"]).add_parser(sub)
+    __import__("talos.health", fromlist=["x"]).add_parser(sub)
 
     import mirror.cli
 
