@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,8 +68,16 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("health", help="exit 0 if the broker at ADDRESS answers Metadata")
-    p.add_argument("--address", default="127.0.0.1:9092", help="broker host:port")
-    p.add_argument("--broker-id", default=None, help="also require this id to be registered")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("TALOS_HEALTH_ADDRESS", "127.0.0.1:9092"),
+        help="broker host:port (default $TALOS_HEALTH_ADDRESS, else 127.0.0.1:9092)",
+    )
+    p.add_argument(
+        "--broker-id",
+        default=os.environ.get("TALOS_BROKER_ID") or None,
+        help="also require this id to be registered (default $TALOS_BROKER_ID)",
+    )
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_health)
