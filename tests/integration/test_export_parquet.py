@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -173,3 +174,35 @@ def test_bad_input_gives_a_clear_error_and_leaves_no_file(
     mixed = run_cli(*base, "small2", "--to", str(other))
     assert mixed.returncode == 2
     assert "holds an export of topic 'small'" in mixed.stderr
+
+
+def test_export_to_hdfs_through_the_hdfs_store(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The same export with an hdfs:// destination (a real MiniDFSCluster), read back
+    through the HDFS store; a rerun adds exactly the new messages there too."""
+    try:
+        dfs = request.getfixturevalue("hdfs_cluster")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the HDFS store and its hdfs_cluster fixture (issue 10, branch hdfs)")
+    from talos.export.destination import open_destination
+
+    cluster: LocalCluster = request.getfixturevalue("cluster")
+    bootstrap, uri = cluster.bootstrap, dfs.url(f"exports/{uuid.uuid4().hex[:8]}")
+    create_topic(bootstrap, "landed", 2)
+    produce(bootstrap, "landed", 2, 30, first=0)
+    assert export_parquet(bootstrap, "landed", uri).rows == 60
+    produce(bootstrap, "landed", 2, 5, first=30)
+    again = export_parquet(bootstrap, "landed", uri)
+    assert again.rows == 10 and again.ranges == {0: ((30, 35),), 1: ((30, 35),)}
+
+    destination = open_destination(uri)
+    try:
+        names = destination.names()
+        assert names == ["_talos_export.json", "part-00000.parquet", "part-00001.parquet"]
+        for name in names[1:]:  # copy out through the store, read with pyarrow
+            data = destination.store.read(name, 0, destination.store.visible_length(name))
+            (tmp_path / name).write_bytes(data)
+    finally:
+        destination.close()
+    assert file_rows(tmp_path) == topic_rows(bootstrap, "landed", 2)

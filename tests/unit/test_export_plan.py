@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from talos.errors import InvalidArgument
 from talos.export.cli import parse_time
+from talos.export.destination import open_destination
 from talos.export.plan import (
     Bound,
     FileState,
@@ -161,3 +164,17 @@ def test_times_are_milliseconds_or_iso_8601_in_utc() -> None:
     assert parse_time("2023-11-14T22:13:20", "--from-time") == 1_700_000_000_000
     with pytest.raises(InvalidArgument, match="--to-time"):
         parse_time("yesterday", "--to-time")
+
+
+def test_a_destination_is_a_directory_or_an_hdfs_uri() -> None:
+    with pytest.raises(InvalidArgument, match="--to: scheme s3:// is not supported"):
+        open_destination("s3://bucket/x")
+    with pytest.raises(InvalidArgument, match="--to: must be a directory"):
+        open_destination("")
+
+
+def test_without_the_hdfs_store_an_hdfs_destination_says_what_is_missing() -> None:
+    if importlib.util.find_spec("talos.storage.hdfs") is not None:
+        pytest.skip("this build has the HDFS store: tests/integration/test_export_parquet.py")
+    with pytest.raises(InvalidArgument, match=r"needs the HDFS log store \(talos.storage.hdfs"):
+        open_destination("hdfs://namenode:8020/exports")
