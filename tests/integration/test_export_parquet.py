@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.export.parquet import Row, export_parquet, table_rows
-from talos.export.plan import Bound
+from talos.export.plan import Bound, temp_name
+from talos.storage.posix import TMP_PREFIX
 from talos.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -208,3 +211,43 @@ def test_export_to_hdfs_through_the_hdfs_store(
     finally:
         destination.close()
     assert file_rows(copied) == topic_rows(bootstrap, "landed", 2)
+
+
+def test_an_export_killed_at_any_moment_leaves_only_complete_files_and_resumes(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """SIGKILL the exporter when its temporary file appears, when a row group is in it,
+    and when its file is published; every published file is complete at every point,
+    and after a last run with more messages each message is there exactly once."""
+    bootstrap, out = cluster.bootstrap, tmp_path / "export"
+    create_topic(bootstrap, "killed", 2)
+    with Producer(bootstrap, linger_ms=5) as producer:
+        for i in range(3000):
+            producer.send("killed", bytes([i % 251]) * 1000, partition=i % 2)
+        producer.flush()
+    args = [sys.executable, "-m", "talos", "export", "parquet", "killed", "--to", str(out)]
+    args += ["--bootstrap", bootstrap, "--no-progress", "--row-group-mb", "1"]
+    temp = out / temp_name("part-00000.parquet")
+    moments = {
+        "temporary file created": temp.exists,
+        "a row group written": lambda: temp.exists() and temp.stat().st_size > 0,
+        "file published": (out / "part-00000.parquet").exists,
+    }
+    for what, reached in moments.items():
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not reached() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert reached(), what
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        for published in out.glob("part-*.parquet"):
+            assert pq.ParquetFile(published).metadata.num_rows > 0  # complete: it has a footer
+    produce(bootstrap, "killed", 2, 10, first=0)
+    final = run_cli(*args[3:])
+    assert final.returncode == 0, final.stderr
+    # no temporary data file left; a kill inside the store's own atomic write_file may
+    # leave its .talos-tmp-* file, which readers skip like every dot-file
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert all(name.startswith(TMP_PREFIX) for name in leftovers), leftovers
+    assert file_rows(out) == topic_rows(bootstrap, "killed", 2)
