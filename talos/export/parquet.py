@@ -30,6 +30,7 @@ from .plan import (
     PartitionLog,
     PartitionPlan,
     Range,
+    RangeCursor,
     check_bounds,
     decode_manifest,
     encode_manifest,
@@ -176,40 +177,31 @@ def read_ranges(
     on_progress: Callable[[int], None] = lambda done: None,
     poll_timeout_s: float = 1.0,
 ) -> Iterator[Message]:
-    """Every message of the planned ranges, in offset order per partition.
-
-    Offsets are dense, so a range ends exactly when its last offset arrives.
-    """
-    todo = {p.partition: list(p.todo) for p in plans if p.todo}
+    """Every message of the planned ranges, in offset order per partition, each once."""
+    cursors = {p.partition: RangeCursor(p.partition, p.todo) for p in plans if p.todo}
     done = 0
 
     def assign() -> None:
-        consumer.assign([TopicPartition(topic, p) for p in sorted(todo)])
+        consumer.assign([TopicPartition(topic, p) for p in sorted(cursors)])
 
     assign()
-    for partition, ranges in todo.items():
-        consumer.seek(TopicPartition(topic, partition), ranges[0][0])
-    while todo:
+    for partition, start in cursors.items():
+        consumer.seek(TopicPartition(topic, partition), start.next)
+    while cursors:
         finished = False
         for message in consumer.poll(timeout_s=poll_timeout_s):
-            if message.partition not in todo:
-                continue
-            ranges = todo[message.partition]
-            start, end = ranges[0]
-            if not start <= message.offset < end:
+            cursor = cursors.get(message.partition)
+            if cursor is None or not cursor.take(message.offset):
                 continue
             yield message
             done += 1
-            if message.offset == end - 1:
-                ranges.pop(0)
-                tp = TopicPartition(topic, message.partition)
-                if ranges:
-                    consumer.seek(tp, ranges[0][0])
-                else:
-                    del todo[message.partition]
-                    finished = True
+            if cursor.done:
+                del cursors[message.partition]
+                finished = True
+            elif cursor.next != message.offset + 1:  # the next range starts further on
+                consumer.seek(TopicPartition(topic, message.partition), cursor.next)
         on_progress(done)
-        if finished and todo:
+        if finished and cursors:
             assign()
     on_progress(done)
 

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from talos.errors import InvalidArgument
+from talos.errors import InvalidArgument, OffsetOutOfRange
 
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "_talos_export.json"
@@ -138,6 +138,40 @@ class PartitionPlan:
     @property
     def messages(self) -> int:
         return sum(end - start for start, end in self.todo)
+
+
+class RangeCursor:
+    """Which offset of one partition's ranges comes next, as messages arrive.
+
+    Fetches can return a message twice (after a seek, a batch is fetched again)
+    but never skip one (offsets are dense), so only the next wanted offset is
+    taken; a jump past it is an error rather than a silent hole in the export.
+    """
+
+    def __init__(self, partition: int, ranges: Iterable[Range]) -> None:
+        self.partition = partition
+        self.ranges = merge(ranges)
+        self.next = self.ranges[0][0] if self.ranges else 0
+
+    @property
+    def done(self) -> bool:
+        return not self.ranges
+
+    def take(self, offset: int) -> bool:
+        """True if ``offset`` is the one wanted next (then the cursor moves past it)."""
+        if self.done or offset < self.next:
+            return False
+        if offset > self.next:
+            raise OffsetOutOfRange(
+                f"partition {self.partition}: offset {offset} arrived while {self.next} was "
+                "expected; the log has a hole (retention removed it while exporting?)"
+            )
+        self.next += 1
+        if self.next == self.ranges[0][1]:
+            self.ranges.pop(0)
+            if self.ranges:
+                self.next = self.ranges[0][0]
+        return True
 
 
 def parse_partitions(text: str | None, count: int) -> list[int]:

@@ -134,6 +134,10 @@ def test_export_reads_back_equal_and_a_rerun_adds_exactly_the_new_messages(
     assert done.ranges == {1: ((10, 30),), 2: ((10, 30),)}
     assert file_rows(window) == [r for r in after if r[0] in (1, 2) and 10 <= r[1] < 30]
     assert pq.ParquetFile(window / str(done.file)).metadata.num_row_groups > 1
+    # everything else of those partitions: two ranges each, around the window
+    rest = export_parquet(bootstrap, "events", str(window), partitions="1-2")
+    assert rest.ranges == {p: ((0, 10), (30, 55)) for p in (1, 2)}
+    assert file_rows(window) == [r for r in after if r[0] in (1, 2)]
 
 
 def test_bad_input_gives_a_clear_error_and_leaves_no_file(

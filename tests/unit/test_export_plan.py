@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from talos.errors import InvalidArgument
+from talos.errors import InvalidArgument, OffsetOutOfRange
 from talos.export.cli import parse_time
 from talos.export.destination import open_destination
 from talos.export.plan import (
@@ -15,6 +15,7 @@ from talos.export.plan import (
     Manifest,
     ManifestFile,
     PartitionLog,
+    RangeCursor,
     check_bounds,
     decode_manifest,
     encode_manifest,
@@ -178,3 +179,24 @@ def test_without_the_hdfs_store_an_hdfs_destination_says_what_is_missing() -> No
         pytest.skip("this build has the HDFS store: tests/integration/test_export_parquet.py")
     with pytest.raises(InvalidArgument, match=r"needs the HDFS log store \(talos.storage.hdfs"):
         open_destination("hdfs://namenode:8020/exports")
+
+
+def test_a_cursor_takes_each_offset_of_its_ranges_once_in_order() -> None:
+    cursor = RangeCursor(0, [(20, 23), (2, 4)])
+    arrivals = [2, 3, 4, 5, 2, 3, 20, 21, 20, 21, 22, 23]  # refetched and past-the-end ones
+    taken = [offset for offset in arrivals if cursor.take(offset)]
+    assert taken == [2, 3, 20, 21, 22]
+    assert cursor.done
+
+
+def test_a_cursor_moves_to_the_next_range_when_one_ends() -> None:
+    cursor = RangeCursor(0, [(0, 2), (5, 6)])
+    assert cursor.take(0) and cursor.take(1)
+    assert cursor.next == 5 and not cursor.done
+
+
+def test_a_hole_in_the_offsets_is_an_error_not_a_silent_gap() -> None:
+    cursor = RangeCursor(3, [(0, 10)])
+    assert cursor.take(0)
+    with pytest.raises(OffsetOutOfRange, match="partition 3: offset 2 arrived while 1"):
+        cursor.take(2)
