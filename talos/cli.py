@@ -522,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     from talos.bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    __import__("talos.export.cli", fromlist=["x"]).add_parser(sub)
+    __import__("talos.health", fromlist=["x"]).add_parser(sub)
 
     import mirror.cli
 

@@ -1,0 +1,1 @@
+"""Landing topics in files for batch tools: Parquet (talos export parquet)."""
