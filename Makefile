@@ -75,6 +75,24 @@ bench-deps: deps
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nats-server redis-server >/dev/null; \
 	fi
 	$(BIN)/pip install -q -e '.[bench]'
+	@$(MAKE) --no-print-directory kafka-jars
+
+# Kafka 4 and MirrorMaker 2 (the peers of bench/ and of `talos bench mirror --against mm2`):
+# the jars pinned in java/kafka/pom.xml, copied from Maven Central into var/jars/kafka/
+# (ignored by git). Maven comes from apt when missing.
+KAFKA_JARS := var/jars/kafka
+.PHONY: kafka-jars
+kafka-jars: $(KAFKA_JARS)/.stamp
+$(KAFKA_JARS)/.stamp: java/kafka/pom.xml
+	@if ! command -v mvn >/dev/null 2>&1; then \
+		echo "installing maven from apt"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq maven >/dev/null; \
+	fi
+	rm -rf $(KAFKA_JARS)
+	mvn -q -B -f java/kafka/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=$(CURDIR)/$(KAFKA_JARS) -DincludeScope=runtime
+	touch $@
 
 # Talos vs NATS JetStream vs Redis Streams on loopback: one table, bench/results/latest.{json,png}.
 # Options through ARGS, e.g. make bench ARGS="--duration 15 --producers 2".
