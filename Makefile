@@ -99,6 +99,12 @@ $(KAFKA_JARS)/.stamp: java/kafka/pom.xml
 bench: bench-deps
 	$(BIN)/python -m bench.compare $(ARGS)
 
+# Talos mirror against Kafka 4 + MirrorMaker 2: copy throughput, lag at 5,000 msg/s, kill -9
+# (missing, duplicated, offsets kept), consumer-group failover, stall detection. One table.
+.PHONY: bench-mirror
+bench-mirror: bench-deps
+	$(BIN)/python -m talos bench mirror --against mm2 --json bench/results/mirror-mm2.json $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
