@@ -447,7 +447,7 @@ def cmd_bench_mirror(args: argparse.Namespace) -> int:
     )
     report = run_mirror_bench(config)
     print(format_report(report))
-    if "mm2" in report:
+    if "mm2" in report or "faults" in report:
         print()
         print(format_against(report))
     if args.json == "-":

@@ -590,7 +590,7 @@ def run_stall(system: System, rate: float = 500.0, limit_s: float = 120.0) -> di
     reported_at = next((t for t, r, _ in polls if r), None)
     return {
         "before": said_before,
-        "reported_before_stop": healthy,
+        "stall_reported_before_stop": healthy,
         "detected_s": reported_at,
         "limit_s": limit_s,
         "last_said": polls[-1][2] if polls else "",

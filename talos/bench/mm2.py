@@ -1,8 +1,8 @@
 """MirrorMaker 2 on the work of ``talos bench mirror``: two Kafka clusters and one MM2 process.
 
 Cluster A and cluster B are one-node KRaft Kafkas (:mod:`talos.testing.kafka`);
-one ``connect-mirror-maker`` process (MM2's dedicated mode, ``tasks.max`` 1: one
-worker) copies the topic from A to B under MM2's default replication policy,
+one ``connect-mirror-maker`` process (MM2's dedicated mode: one worker, with
+``tasks.max`` = the partition count, so each partition gets its own task thread) copies the topic from A to B under MM2's default replication policy,
 so the copy of ``t`` is ``A.t``. The load is the same as for Talos: 100 B
 letters, the same partition count, produced with confluent-kafka and
 ``acks=all``. Needs `make bench-deps` (the jars and the ``bench`` extra).
@@ -52,6 +52,7 @@ class Mm2Pair:
             self.b.bootstrap,
             self.topic,
             str(self.work_dir),
+            tasks=self.partitions,
             name=f"mm2-{self.restarts}",
         )
         self.restarts += 1
@@ -196,7 +197,7 @@ def mm2_throughput(
         "seconds": round(seconds, 3),
         "msgs_per_s": round(messages / seconds),
         "mb_per_s": round(messages * size / seconds / 1e6, 2),
-        "tasks": 1,
+        "tasks": partitions,
     }
     if first is not None:
         steady = copy_rate(messages, size, first[1], finished - first[0])

@@ -61,3 +61,13 @@ def test_generated_kafka_configs_name_one_combined_node_and_a_one_way_link() -> 
     assert (mm2["A->B.enabled"], mm2["B->A.enabled"], mm2["A->B.topics"]) == ("true", "false", "t")
     assert properties({"k": 1, "j": "v"}) == "k=1\nj=v\n"
     assert len(cluster_id()) == 22
+
+
+def test_chaos_results_keep_the_mirror_comparison_section_when_rewritten() -> None:
+    from chaos.report import KEPT_MARKER, with_kept_section
+
+    old = f"# Chaos results\nold table\n\n{KEPT_MARKER}\n## MM2\nrow\n"
+    assert with_kept_section("# Chaos results\nnew table\n", old) == (
+        f"# Chaos results\nnew table\n\n{KEPT_MARKER}\n## MM2\nrow\n"
+    )
+    assert with_kept_section("new\n", "no marker\n") == "new\n"
