@@ -249,7 +249,14 @@ def aiokafka_consume(spec: PeerSpec, tally: Tally) -> WorkResult:
 async def _aiokafka_consume(spec: PeerSpec, tally: Tally) -> WorkResult:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=spec.url, group_id=None, enable_auto_commit=False)
+    # 4 MiB per partition, as Talos's fetches: a librdkafka batch (up to 1 MB of records)
+    # with its framing does not fit aiokafka's default 1 MiB, and the read stalls.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=spec.url,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         parts = [TopicPartition(spec.stream, p) for p in spec.partitions]
@@ -257,7 +264,8 @@ async def _aiokafka_consume(spec: PeerSpec, tally: Tally) -> WorkResult:
         ends = await consumer.end_offsets(parts)
         expected = sum(ends.values())
         await consumer.seek_to_beginning(*parts)
-        tally.ready_and_wait()
+        # Wait for the go signal off the loop: aiokafka's fetcher keeps running meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, tally.ready_and_wait)
         started = time.time()
         deadline = time.monotonic() + spec.timeout
         count = 0

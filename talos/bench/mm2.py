@@ -2,7 +2,8 @@
 
 Cluster A and cluster B are one-node KRaft Kafkas (:mod:`talos.testing.kafka`);
 one ``connect-mirror-maker`` process (MM2's dedicated mode: one worker, with
-``tasks.max`` = the partition count, so each partition gets its own task thread) copies the topic from A to B under MM2's default replication policy,
+``tasks.max`` = the partition count, so each partition gets its own task
+thread) copies the topic from A to B under MM2's default replication policy,
 so the copy of ``t`` is ``A.t``. The load is the same as for Talos: 100 B
 letters, the same partition count, produced with confluent-kafka and
 ``acks=all``. Needs `make bench-deps` (the jars and the ``bench`` extra).

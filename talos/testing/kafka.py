@@ -387,6 +387,6 @@ class MirrorMaker(JavaProcess):
         ]
         self._spawn(
             "org.apache.kafka.connect.mirror.MirrorMaker",
-            ["--clusters", "B", str(self.props_path)],
+            [str(self.props_path), "--clusters", "B"],
             jvm,
         )
