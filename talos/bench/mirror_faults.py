@@ -36,6 +36,8 @@ from typing import Any
 
 from talos.errors import TalosError
 
+from .mm2 import SOURCE_ALIAS
+
 MESSAGES = 20_000
 KILLS = 8
 PARTITIONS = 4
@@ -450,13 +452,13 @@ class Mm2System(System):
         reported = False
         port = self.pair.mm2.rest_port
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as reply:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
                 said.append(f"REST {reply.status}")
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             said.append(f"REST no answer ({type(exc).__name__})")
         state = self._worker_group_state()
         said.append(f"worker group {state}")
-        reported = state not in ("STABLE", "?")
+        reported = not state.startswith(f"{SOURCE_ALIAS}-mm2=STABLE")
         return reported, "; ".join(said)
 
     def _worker_group_state(self) -> str:
@@ -464,10 +466,9 @@ class Mm2System(System):
 
         admin = AdminClient({"bootstrap.servers": self.pair.b.bootstrap})
         try:
-            groups = admin.list_consumer_groups(request_timeout=5).result(10)
-            names = [g.group_id for g in groups.valid if g.group_id.endswith("-mm2")]
-            if not names:
-                return "?"
+            # The worker of flow A->B joins group "<source alias>-mm2" in the target cluster
+            # (a Connect-protocol group: not in a consumer-group listing, but describable).
+            names = [f"{SOURCE_ALIAS}-mm2"]
             desc = admin.describe_consumer_groups(names, request_timeout=5)
             states = sorted(
                 f"{n}={desc[n].result(10).state.name}:{len(desc[n].result(10).members)}"
