@@ -71,3 +71,34 @@ def test_chaos_results_keep_the_mirror_comparison_section_when_rewritten() -> No
         f"# Chaos results\nnew table\n\n{KEPT_MARKER}\n## MM2\nrow\n"
     )
     assert with_kept_section("new\n", "no marker\n") == "new\n"
+
+
+def test_fault_parts_are_named_explicitly_and_against_is_checked() -> None:
+    import pytest
+
+    from talos.bench.mirror import PARTS, MirrorBenchConfig, parse_only
+    from talos.errors import InvalidArgument
+
+    assert parse_only("stall,kill,lag") == ("lag", "kill", "stall")
+    assert parse_only(None) == PARTS  # plain `talos bench mirror` runs no fault part
+    with pytest.raises(InvalidArgument, match="against"):
+        MirrorBenchConfig(against="pulsar").validated()
+
+
+def test_the_side_by_side_table_shows_both_systems_and_yes_no() -> None:
+    from talos.bench.mirror import format_against
+
+    report = {
+        "throughput": {"copy_msgs_per_s": 1000},
+        "mm2": {"throughput": {"copy_msgs_per_s": 10}},
+        "faults": {
+            "talos": {"kill": {"duplicated": 0, "offsets_kept": True}},
+            "mm2": {"kill": {"duplicated": 7, "offsets_kept": False}},
+        },
+    }
+    text = format_against(report)
+    assert "Talos mirror" in text and "MirrorMaker 2" in text
+    row = next(line for line in text.splitlines() if line.startswith("kill offsets_kept"))
+    assert row.split()[-2:] == ["yes", "no"]
+    row = next(line for line in text.splitlines() if line.startswith("throughput copy_msgs"))
+    assert row.split()[-2:] == ["1,000", "10"]
