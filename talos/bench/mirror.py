@@ -353,7 +353,7 @@ def format_against(report: dict[str, Any]) -> str:
     faulty: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("kill", ("kills", "source", "target", "missing", "duplicated", "offsets_kept")),
         ("failover", ("read_in_a", "read_in_b", "redelivered", "skipped", "offsets_in_b_after_s")),
-        ("stall", ("detected_s", "last_said")),
+        ("stall", ("stall_reported_before_stop", "detected_s", "last_said")),
     )
     for part, fields in faulty:
         if part in ours or part in theirs:
