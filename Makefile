@@ -92,6 +92,24 @@ bench-deps: deps
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nats-server redis-server >/dev/null; \
 	fi
 	$(BIN)/pip install -q -e '.[bench]'
+	@$(MAKE) --no-print-directory kafka-jars
+
+# Kafka 4 and MirrorMaker 2 (the peers of bench/ and of `talos bench mirror --against mm2`):
+# the jars pinned in java/kafka/pom.xml, copied from Maven Central into var/jars/kafka/
+# (ignored by git). Maven comes from apt when missing.
+KAFKA_JARS := var/jars/kafka
+.PHONY: kafka-jars
+kafka-jars: $(KAFKA_JARS)/.stamp
+$(KAFKA_JARS)/.stamp: java/kafka/pom.xml
+	@if ! command -v mvn >/dev/null 2>&1; then \
+		echo "installing maven from apt"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq maven >/dev/null; \
+	fi
+	rm -rf $(KAFKA_JARS)
+	mvn -q -B -f java/kafka/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=$(CURDIR)/$(KAFKA_JARS) -DincludeScope=runtime
+	touch $@
 
 # Talos vs NATS JetStream vs Redis Streams on loopback: one table, bench/results/latest.{json,png}.
 # Options through ARGS, e.g. make bench ARGS="--duration 15 --producers 2".
@@ -125,6 +143,11 @@ $(HADOOP_CLASSES)/.stamp: $(HADOOP_JARS)/.stamp $(HADOOP_SRC)
 	rm -rf $(HADOOP_CLASSES) && mkdir -p $(HADOOP_CLASSES)
 	javac -nowarn -d $(HADOOP_CLASSES) -cp '$(HADOOP_JARS)/*' $(HADOOP_SRC)
 	touch $@
+# Talos mirror against Kafka 4 + MirrorMaker 2: copy throughput, lag at 5,000 msg/s, kill -9
+# (missing, duplicated, offsets kept), consumer-group failover, stall detection. One table.
+.PHONY: bench-mirror
+bench-mirror: bench-deps
+	$(BIN)/python -m talos bench mirror --against mm2 --json bench/results/mirror-mm2.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,8 +1,8 @@
-"""`make bench`: Talos against NATS JetStream and Redis Streams, one table, JSON and a chart.
+"""`make bench`: Talos against NATS JetStream, Redis Streams and Kafka 4, tables, JSON, a chart.
 
 Run from the repository root: ``.venv/bin/python -m bench.compare``. It starts a
 Talos local cluster (ZooKeeper + broker processes, as ``talos dev up`` does),
-nats-server and redis-server on loopback, drives all of them with the same
+nats-server, redis-server and a one-node Kafka (KRaft) on loopback, drives all of them with the same
 load shape (talos.bench.pool worker processes), and stops every process it
 started, whatever happens. See bench/README.md for what differs between them.
 """
@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from talos.bench.progress import Progress
 from talos.bench.runner import BenchConfig, Sampler, Target, drive, run
 from talos.bench.stats import Summary, format_summary, format_table, summarize
 from talos.testing.cluster import LocalCluster
+from talos.testing.kafka import KafkaServer, jars_dir, kafka_available
 
+from .kafka_rows import CLIENTS, KafkaRuns, kafka_table
 from .peer_load import (
     PeerSpec,
     ensure_nats_stream,
@@ -64,6 +67,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "nats_server": cmd("nats-server", "--version"),
         "redis_server": cmd("redis-server", "--version").split(" sha=")[0],
+        "kafka": " ".join(sorted(p.name for p in jars_dir().glob("kafka_2.13-*.jar"))),
         # Anything else running shares the two cores: say how busy the machine was.
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
     }
@@ -175,6 +179,10 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             redis = RedisServer(workdir)
             stack.callback(redis.stop)
             redis.start()
+            kafka_server = KafkaServer(data_dir=str(workdir / "kafka"), partitions=PARTITIONS)
+            stack.callback(kafka_server.stop)
+            kafka_server.start()
+            kafka = KafkaRuns(bench, kafka_server, PARTITIONS)
 
         # 1. Batched produce throughput, 100 B and 1 KB.
         topics: dict[str, str] = {}
@@ -198,6 +206,21 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     bench.peer_produce_specs(redis.url, stream, size),
                     [redis.pid],
                 )
+                kafka.produce(size, tag)
+
+        # 1b. The same 100 B produce load from one client process.
+        bench.talos(
+            "produce 100B talos-flush 1 producer", one, size=100, durability="flush", producers=1
+        )
+        if peers:
+            for name, fn, server in (("nats", nats_produce, nats), ("redis", redis_produce, redis)):
+                bench.peer(
+                    f"produce 100B {name} 1 producer",
+                    fn,
+                    bench.peer_produce_specs(server.url, "p100B", 100, producers=1),
+                    [server.pid],
+                )
+            kafka.produce(100, "100B", producers=1)
 
         # 2. Consume throughput: read back what the 100 B runs wrote, from the start.
         bench.talos(
@@ -223,6 +246,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 bench.peer_consume_specs(redis.url, "p100B", 100),
                 [redis.pid],
             )
+            kafka.consume()
 
         # 3. Produce latency at a fixed offered rate, one producer, one request at a time.
         rate = float(args.rate)
@@ -253,6 +277,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 [redis.pid],
                 cdf=True,
             )
+            kafka.latency(args.rate)
 
         # 4. Broker memory at an offered 100K msg/s.
         bench.talos(
@@ -350,6 +375,7 @@ def table(data: dict[str, Any]) -> str:
         f"(x{_ratio(two, one):.2f}); 2 brokers, 4 producers {two4:,.0f} msg/s"
     )
     out.append(f"talos broker RSS peak at {rss:,.0f} msg/s offered 100K: {rss_mb} MB")
+    out += ["", kafka_table(data)]
     return "\n".join(out)
 
 
@@ -364,6 +390,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
         ("talos-sync", "Talos (sync)"),
         ("nats", "NATS JetStream"),
         ("redis", "Redis Streams"),
+        *CLIENTS.items(),
     ]
     groups = [
         ("produce 100B", "produce 100 B"),
@@ -371,7 +398,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
         ("consume 100B", "consume 100 B"),
     ]
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5))
-    width = 0.2
+    width = 0.8 / len(systems)
     for i, (sys_key, sys_label) in enumerate(systems):
         values = []
         for prefix, _ in groups:
@@ -379,7 +406,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
             if prefix.startswith("consume") and sys_key.startswith("talos"):
                 key = "consume 100B talos" if sys_key == "talos-flush" else ""
             values.append(_get(data, key) / 1000 if key else 0.0)
-        xs = [g + (i - 1.5) * width for g in range(len(groups))]
+        xs = [g + (i - (len(systems) - 1) / 2) * width for g in range(len(groups))]
         bars.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=sys_label)
     bars.set_xticks(range(len(groups)), [label for _, label in groups])
     bars.set_ylabel("thousand messages/s")
@@ -408,12 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
     parser.add_argument("--rate", type=int, default=5000, help="offered msg/s for latency")
     parser.add_argument("--latency-duration", type=float, default=10.0)
-    parser.add_argument("--talos-only", action="store_true", help="skip NATS and Redis")
+    parser.add_argument("--talos-only", action="store_true", help="skip NATS, Redis and Kafka")
     parser.add_argument("--out", default=str(RESULTS), help="directory for latest.json/png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not args.talos_only:
         missing = [s.binary for s in (NatsServer, RedisServer) if not s.available()]
+        missing += [m for m in ("confluent_kafka", "aiokafka") if find_spec(m) is None]
+        if kafka_available() is not None:
+            missing.append(str(kafka_available()))
         if missing:
             print(f"bench: {', '.join(missing)} missing: run `make bench-deps`", file=sys.stderr)
             return 2

@@ -38,7 +38,7 @@ class PeerSpec:
     timeout: float = 600.0
 
 
-def _limits(spec: PeerSpec, start: float) -> tuple[int, float]:
+def limits(spec: PeerSpec, start: float) -> tuple[int, float]:
     if spec.messages:
         return spec.messages, math.inf
     return 2**62, start + spec.duration
@@ -80,7 +80,7 @@ async def _nats_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
         latencies: list[float] = []
         result = WorkResult(started=time.time())
         start = time.perf_counter()
-        count, end = _limits(spec, start)
+        count, end = limits(spec, start)
         sent = 0
         perf = time.perf_counter
         if spec.rate > 0:
@@ -107,7 +107,7 @@ async def _nats_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
                     else:
                         t = perf()
                         future = await js.publish_async(subject, body)
-                        future.add_done_callback(_nats_timer(latencies, t))
+                        future.add_done_callback(future_timer(latencies, t))
                 chunk = min(RUN, count - sent)
                 sent += chunk
                 tally.add(chunk)
@@ -124,7 +124,7 @@ async def _nats_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
         await nc.close()
 
 
-def _nats_timer(latencies: list[float], sent: float) -> Any:
+def future_timer(latencies: list[float], sent: float) -> Any:
     def done(future: Any) -> None:
         if not future.cancelled() and future.exception() is None:
             latencies.append((time.perf_counter() - sent) * 1000)
@@ -202,7 +202,7 @@ def redis_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
         result = WorkResult(started=time.time())
         perf = time.perf_counter
         start = perf()
-        count, end = _limits(spec, start)
+        count, end = limits(spec, start)
         sent = 0
         if spec.rate > 0:
             pacer = Pacer(spec.rate, start)

@@ -110,7 +110,20 @@ def render(
     return "\n".join(lines)
 
 
+#: RESULTS.md from this line on is not the chaos tool's: kept when it rewrites the file
+#: (the Talos-against-MirrorMaker-2 fault table of `make bench-mirror`).
+KEPT_MARKER = "<!-- kept across chaos runs -->"
+
+
+def with_kept_section(new: str, old: str) -> str:
+    """``new`` followed by the part of ``old`` from :data:`KEPT_MARKER` on, if any."""
+    at = old.find(KEPT_MARKER)
+    return new if at < 0 else new.rstrip("\n") + "\n\n" + old[at:]
+
+
 def write(path: Path, text: str) -> None:
+    if path.exists():
+        text = with_kept_section(text, path.read_text(encoding="utf-8"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

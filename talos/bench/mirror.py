@@ -30,6 +30,10 @@ from .stats import percentile
 from .talos_load import consume, produce
 
 PARTS = ("throughput", "rtt", "lag")
+#: Fault parts (talos/bench/mirror_faults.py), only when named in ``--only``.
+FAULT_PARTS = ("kill", "stall")
+#: What ``--against`` compares Talos with (``talos``: Talos alone).
+AGAINST = ("talos", "mm2")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class MirrorBenchConfig:
     only: tuple[str, ...] = PARTS
     progress: bool = True
     timeout: float = 600.0
+    against: str = "talos"
 
     def validated(self) -> MirrorBenchConfig:
         if not 1 <= self.messages <= 10**9:
@@ -58,6 +63,10 @@ class MirrorBenchConfig:
         if not 1 <= self.partitions <= 1024:
             raise InvalidArgument(f"partitions: must be from 1 to 1024, got {self.partitions}")
         parse_only(",".join(self.only))
+        if self.against not in AGAINST:
+            raise InvalidArgument(
+                f"against: must be one of {', '.join(AGAINST)}, got {self.against!r}"
+            )
         return self
 
 
@@ -66,10 +75,11 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     if not text:
         return PARTS
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in parts if p not in PARTS]
+    known = PARTS + FAULT_PARTS
+    bad = [p for p in parts if p not in known]
     if bad or not parts:
-        raise InvalidArgument(f"only: must be among {', '.join(PARTS)}, got {text!r}")
-    return tuple(p for p in PARTS if p in parts)
+        raise InvalidArgument(f"only: must be among {', '.join(known)}, got {text!r}")
+    return tuple(p for p in known if p in parts)
 
 
 def copy_rate(
@@ -288,9 +298,81 @@ def run_mirror_bench(config: MirrorBenchConfig) -> dict[str, Any]:
             out["throughput"] = run_throughput(config, 0.0)
         elif part == "rtt":
             out["rtt"] = run_throughput(config, config.rtt_ms)
-        else:
+        elif part == "lag":
             out["lag"] = run_lag(config)
+    if config.against == "mm2":
+        out["mm2"] = run_mm2(config)
+    faults = [p for p in config.only if p in FAULT_PARTS]
+    if faults:
+        from .mirror_faults import run_faults
+
+        out["faults"] = run_faults(
+            faults, ("talos", "mm2") if config.against == "mm2" else ("talos",)
+        )
     return out
+
+
+def run_mm2(config: MirrorBenchConfig) -> dict[str, Any]:
+    """The throughput and lag parts on Kafka + MirrorMaker 2 (no WAN proxy for Kafka: no rtt)."""
+    from .mm2 import mm2_lag, mm2_throughput
+
+    out: dict[str, Any] = {}
+    if "throughput" in config.only:
+        out["throughput"] = mm2_throughput(
+            config.messages, config.size, config.partitions, config.progress, config.timeout
+        )
+    if "lag" in config.only:
+        out["lag"] = mm2_lag(
+            config.rate,
+            config.duration,
+            config.size,
+            config.partitions,
+            config.progress,
+            config.timeout,
+        )
+    return out
+
+
+def format_against(report: dict[str, Any]) -> str:
+    """Talos and MM2 side by side: one row per figure, one column per system."""
+    from .stats import format_table
+
+    mm2 = report.get("mm2", {})
+    rows: list[list[object]] = []
+    perf: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("throughput", ("startup_s", "copy_msgs_per_s", "copy_mb_per_s", "msgs_per_s")),
+        ("lag", ("lag_ms_p50", "lag_ms_p99", "lag_ms_max", "lag_msgs_p50", "lag_msgs_p99")),
+    )
+    for part, fields in perf:
+        ours, theirs = report.get(part) or {}, mm2.get(part) or {}
+        if ours or theirs:
+            for name in fields:
+                rows.append([f"{part} {name}", ours.get(name), theirs.get(name)])
+    faults = report.get("faults", {})
+    ours, theirs = faults.get("talos", {}), faults.get("mm2", {})
+    faulty: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("kill", ("kills", "source", "target", "missing", "duplicated", "offsets_kept")),
+        ("failover", ("read_in_a", "read_in_b", "redelivered", "skipped", "offsets_in_b_after_s")),
+        ("stall", ("stall_reported_before_stop", "detected_s", "last_said")),
+    )
+    for part, fields in faulty:
+        if part in ours or part in theirs:
+            for name in fields:
+                rows.append(
+                    [
+                        f"{part} {name}",
+                        _cell(ours.get(part, {}).get(name)),
+                        _cell(theirs.get(part, {}).get(name)),
+                    ]
+                )
+    return format_table(["figure (1 worker)", "Talos mirror", "MirrorMaker 2"], rows)
+
+
+def _cell(value: Any) -> Any:
+    """Table cells: booleans as yes/no, None as "never" is left to the reader ("-")."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -331,7 +413,19 @@ def add_mirror_parser(bench_sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--rtt-ms", type=float, default=50.0, help="worker-to-target round trip")
     p.add_argument("--rate", type=float, default=5000.0, help="lag part: offered messages/s")
     p.add_argument("--duration", type=float, default=20.0, help="lag part: seconds")
-    p.add_argument("--only", default=None, help="comma-separated: throughput, rtt, lag")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated: throughput, rtt, lag, kill, stall (default: the first three; "
+        "with --against mm2 all five)",
+    )
+    p.add_argument(
+        "--against",
+        choices=AGAINST,
+        default="talos",
+        help="mm2: also run the throughput and lag parts on Kafka 4 + MirrorMaker 2 "
+        "(needs `make bench-deps`) and print both side by side",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after S seconds")
@@ -346,12 +440,16 @@ def cmd_bench_mirror(args: argparse.Namespace) -> int:
         rate=args.rate,
         duration=args.duration,
         partitions=args.partitions,
-        only=parse_only(args.only),
+        only=parse_only(args.only) if args.only or args.against == "talos" else PARTS + FAULT_PARTS,
         progress=not args.no_progress,
         timeout=args.timeout,
+        against=args.against,
     )
     report = run_mirror_bench(config)
     print(format_report(report))
+    if "mm2" in report or "faults" in report:
+        print()
+        print(format_against(report))
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()

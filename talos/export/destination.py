@@ -106,21 +106,7 @@ def open_destination(target: str) -> Destination:
 
 
 def _open_hdfs(uri: str) -> LogStore:
-    """The HDFS LogStore of issue 10 (talos.storage.hdfs), opened from the URI.
+    """The HDFS LogStore (talos.storage.hdfs), opened from the URI."""
+    from talos.storage.open import open_store
 
-    Its module offers ``open_store(uri)`` or the ``HdfsLogStore(uri)`` class; a
-    build without it gets an error that says so.
-    """
-    try:
-        from talos.storage import hdfs  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        hdfs = None
-    opener = getattr(hdfs, "open_store", None) or getattr(hdfs, "HdfsLogStore", None)
-    if opener is None:
-        raise InvalidArgument(
-            f"--to: {uri}: exporting to HDFS needs the HDFS log store "
-            "(talos.storage.hdfs, issue 10), which this build does not have; "
-            "export to a local directory instead"
-        )
-    store: LogStore = opener(uri)
-    return store
+    return open_store(uri, "--to")
