@@ -121,7 +121,8 @@ class Ends:
         from confluent_kafka import KafkaException
 
         try:
-            return sum(self.consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in self.tps)
+            ends = [int(self.consumer.get_watermark_offsets(tp, timeout=5)[1]) for tp in self.tps]
+            return sum(ends)
         except KafkaException:
             return None
 
