@@ -260,7 +260,8 @@ def assert_zombie_segment_closed_by_lease_recovery(cluster: LocalCluster, topic:
     takeover's lease recovery can have done that."""
     store = HdfsLogStore(cluster.store)
     try:
-        directory = partition_dir(cluster.cluster, topic, 0)
+        (incarnation,) = store.list_dir(f"{cluster.cluster}/{topic}")
+        directory = partition_dir(cluster.cluster, topic, 0, incarnation=incarnation)
         segments = sorted(
             (parsed[1], name)
             for name in store.list_dir(directory)
