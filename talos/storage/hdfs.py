@@ -104,6 +104,7 @@ _jvm_lock = threading.Lock()
 def _jvm() -> Any:
     """Start the JVM in this process once, with Hadoop's client on the classpath."""
     import jpype
+    import jpype.config
 
     with _jvm_lock:
         if jpype.isJVMStarted():
@@ -121,6 +122,10 @@ def _jvm() -> Any:
             raise StorageError(
                 f"hdfs store: no JVM library found ({exc}): run `make deps`"
             ) from exc
+        # Leave the JVM in place at interpreter exit: destroying it while Hadoop's
+        # client threads still run can crash the exiting process (seen as a
+        # segfault after a whole pytest session); the OS frees it anyway.
+        jpype.config.destroy_jvm = False
         jpype.startJVM(
             "-Xrs",  # leave SIGTERM/SIGINT/SIGHUP to Python
             "-Xmx512m",
