@@ -117,10 +117,16 @@ class OffsetOutOfRange(TalosError):
 
 
 class Throttled(TalosError):
-    """The broker has too many bytes queued; back off and retry."""
+    """The broker has too many bytes queued, or a quota is spent; back off and retry.
+
+    ``retry_after_ms`` (0: not said) is when a quota will admit the request again."""
 
     code = ErrorCode.THROTTLED
     retriable = True
+
+    def __init__(self, message: str = "", retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Fenced(TalosError):
@@ -261,6 +267,7 @@ def from_wire(
     owner_address: str = "",
     log_end: int = 0,
     log_start: int = 0,
+    retry_after_ms: int = 0,
 ) -> TalosError:
     """Rebuild the error a broker sent, with the fields its class carries."""
     cls = class_for_code(code)
@@ -270,6 +277,8 @@ def from_wire(
         return Gap(message, log_end=log_end)
     if cls is OffsetOutOfRange:
         return OffsetOutOfRange(message, log_start=log_start, log_end=log_end)
+    if cls is Throttled:
+        return Throttled(message, retry_after_ms=retry_after_ms)
     return cls(message)
 
 

@@ -16,6 +16,7 @@ from talos.errors import (
     OffsetOutOfRange,
     TalosError,
     TalosTimeout,
+    Throttled,
     Unavailable,
     from_wire,
 )
@@ -33,6 +34,8 @@ def error_to_proto(exc: TalosError) -> pb.Error:
     elif isinstance(exc, OffsetOutOfRange):
         error.log_end = exc.log_end
         error.log_start = exc.log_start
+    elif isinstance(exc, Throttled):
+        error.retry_after_ms = exc.retry_after_ms
     return error
 
 
@@ -47,6 +50,7 @@ def error_from_proto(error: pb.Error) -> TalosError | None:
         owner_address=error.owner_address,
         log_end=error.log_end,
         log_start=error.log_start,
+        retry_after_ms=error.retry_after_ms,
     )
 
 

@@ -33,6 +33,7 @@ from talos.coord.zk import connect
 from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.quota.runtime import BrokerQuotas
 from talos.storage.open import open_store
 from talos.storage.segment import topic_dir
 from talos.storage.store import LogStore
@@ -174,6 +175,7 @@ class Broker:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self.store: LogStore = open_store(config.store or config.data_dir)
+        self.quotas = BrokerQuotas(self)
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -205,6 +207,7 @@ class Broker:
         await asyncio.to_thread(self.topic_cache.start)
         self.registry.watch(self._on_brokers)
         AssignmentWatcher(self.zk, self._on_assignment)
+        await self.quotas.start()
         await asyncio.to_thread(self.registry.register, self.broker_id, self.address)
         self.controller = Controller(
             self.zk,
@@ -239,6 +242,7 @@ class Broker:
         self._stopped.set()
 
     async def stop(self) -> None:
+        self.quotas.stop()
         upkeep = getattr(self, "_upkeep", None)
         if upkeep is not None:
             upkeep.cancel()

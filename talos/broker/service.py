@@ -23,9 +23,14 @@ from talos.errors import (
     MessageTooLarge,
     ReadOnlyMirror,
     TalosError,
+    Throttled,
+    Unavailable,
 )
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.quota import wire as quota_wire
+from talos.quota.model import DEFAULT_TENANT, Rates
+from talos.quota.store import QuotaStore
 from talos.record.batch import BatchHeader, iter_batches, validate_single_batch
 from talos.wire import error_to_proto
 
@@ -37,6 +42,25 @@ T = TypeVar("T")
 
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 MAX_WAIT_MS = 30_000
+#: gRPC metadata naming the tenant a request is charged to (quotas).
+TENANT_METADATA = "talos-tenant"
+
+
+def request_tenant(context: Any) -> str:
+    """The tenant a request is charged to, for quotas.
+
+    Until authentication exists this is what the client says in its
+    ``talos-tenant`` metadata (default "default"); the security work replaces
+    this one function with the authenticated tenant.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA and isinstance(value, str) and value:
+            return value
+    return DEFAULT_TENANT
+
+
+def throttled(wait_ms: int, what: str) -> Throttled:
+    return Throttled(f"{what}: over quota; retry after {wait_ms} ms", retry_after_ms=wait_ms)
 
 
 def topic_config_to_proto(config: cfg.TopicConfig) -> pb.TopicConfig:
@@ -94,7 +118,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def Produce(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
-        outcomes = await self._start_produce(request)
+        outcomes = await self._start_produce(request, request_tenant(context))
         return self._produce_response(request, outcomes)
 
     async def ProduceStream(
@@ -108,7 +132,8 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         others); the client matches them by ``request_id``.
         """
         answers: asyncio.Queue[pb.ProduceResponse | None] = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read_produce_stream(requests, answers))
+        tenant = request_tenant(context)
+        reader = asyncio.ensure_future(self._read_produce_stream(requests, answers, tenant))
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
@@ -119,6 +144,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         self,
         requests: AsyncIterator[pb.ProduceRequest],
         answers: asyncio.Queue[pb.ProduceResponse | None],
+        tenant: str,
     ) -> None:
         outstanding = 0
         ended = False
@@ -134,19 +160,24 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         try:
             async for request in requests:
                 outstanding += 1
-                self._start_produce(request).add_done_callback(functools.partial(answered, request))
+                self._start_produce(request, tenant).add_done_callback(
+                    functools.partial(answered, request)
+                )
         finally:  # the client half-closed or went away: end once every answer is out
             ended = True
             if outstanding == 0:
                 answers.put_nowait(None)
 
-    def _start_produce(self, request: pb.ProduceRequest) -> asyncio.Future[list[Any]]:
+    def _start_produce(self, request: pb.ProduceRequest, tenant: str) -> asyncio.Future[list[Any]]:
         """Hand every batch to its partition's writer; one future for all their outcomes."""
         broker = self.broker
         futures: list[Awaitable[int]] = []
-        for batch in request.batches:
+        waits = self._produce_quota(request, tenant)
+        for i, batch in enumerate(request.batches):
             metrics.produced(batch.topic, len(batch.records))
             try:
+                if waits is not None and waits[i]:
+                    raise throttled(waits[i], f"tenant {tenant!r} producing to {batch.topic!r}")
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
                 if meta is not None and meta.mirror is not None and not meta.mirror.writable:
@@ -169,6 +200,12 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         gathered = asyncio.gather(*futures, return_exceptions=True)
         metrics.time_produce(gathered)
         return gathered
+
+    def _produce_quota(self, request: pb.ProduceRequest, tenant: str) -> list[int] | None:
+        """Per batch, 0 or the ms until the tenant's quotas admit it; None: all admitted."""
+        return self.broker.quotas.enforcer.admit_produce(
+            tenant, [(batch.topic, len(batch.records)) for batch in request.batches]
+        )
 
     def _produce_response(
         self, request: pb.ProduceRequest, outcomes: list[Any]
@@ -209,6 +246,10 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     ) -> pb.FetchResponse:
         broker = self.broker
         max_wait = min(max(request.max_wait_ms, 0), MAX_WAIT_MS) / 1000
+        tenant = request_tenant(context)
+        refused = self._fetch_quota(request, tenant)
+        if refused is not None:
+            return refused
         response = await self._fetch(request)
         if max_wait > 0 and not any(r.records for r in response.results):
             waits = []
@@ -226,6 +267,24 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     task.cancel()
                 response = await self._fetch(request)
         metrics.fetched(response.results)
+        self.broker.quotas.enforcer.fetched(
+            tenant, [(r.topic, len(r.records)) for r in response.results]
+        )
+        return response
+
+    def _fetch_quota(self, request: pb.FetchRequest, tenant: str) -> pb.FetchResponse | None:
+        """A fetch any partition of which is over the tenant's consume quota is answered
+        THROTTLED for those partitions at once (the others wait their turn: one answer)."""
+        waits = self.broker.quotas.enforcer.admit_fetch(
+            tenant, [part.topic for part in request.partitions]
+        )
+        if waits is None or not any(waits):
+            return None
+        response = pb.FetchResponse()
+        for part, wait in zip(request.partitions, waits, strict=True):
+            result = response.results.add(topic=part.topic, partition=part.partition)
+            error = throttled(max(wait, 1), f"tenant {tenant!r} consuming {part.topic!r}")
+            result.error.CopyFrom(error_to_proto(error))
         return response
 
     async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
@@ -465,6 +524,46 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             lambda: self.broker.groups.delete(request.group, self.broker.clock.wall_ms())
         )
         return pb.AdminResponse()
+
+    # ---- quotas (talos quota ...) ---------------------------------------------
+
+    def _quota_store(self) -> QuotaStore:
+        store = self.broker.quotas.store
+        if store is None:
+            raise Unavailable("quotas: this broker is still starting; retry")
+        return store
+
+    @replies_with_error(pb.QuotaResponse)
+    async def RequestQuota(
+        self, request: pb.RequestQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.QuotaResponse:
+        store, live = self._quota_store(), len(self.broker.live_brokers)
+        info = await self._coord(lambda: quota_wire.request_quota(store, request, live))
+        return pb.QuotaResponse(quota=info)
+
+    @replies_with_error(pb.QuotaResponse)
+    async def DecideQuota(
+        self, request: pb.DecideQuotaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.QuotaResponse:
+        store = self._quota_store()
+        quota = await self._coord(lambda: store.decide(request.id, request.approve))
+        return pb.QuotaResponse(quota=quota_wire.quota_to_proto(quota, Rates()))
+
+    @replies_with_error(pb.ListQuotasResponse)
+    async def ListQuotas(
+        self, request: pb.ListQuotasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListQuotasResponse:
+        store, live = self._quota_store(), len(self.broker.live_brokers)
+        view = await self._coord(lambda: store.view(live))
+        return quota_wire.view_to_proto(view)
+
+    @replies_with_error(pb.ListQuotasResponse)
+    async def SetQuotaCapacity(
+        self, request: pb.SetQuotaCapacityRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListQuotasResponse:
+        store, live = self._quota_store(), len(self.broker.live_brokers)
+        view = await self._coord(lambda: quota_wire.set_capacity(store, request, live))
+        return quota_wire.view_to_proto(view)
 
 
 def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:

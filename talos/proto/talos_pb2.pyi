@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "owner_id", "owner_address", "log_end", "log_start")
+    __slots__ = ("code", "message", "owner_id", "owner_address", "log_end", "log_start", "retry_after_ms")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LOG_END_FIELD_NUMBER: _ClassVar[int]
     LOG_START_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     owner_id: str
     owner_address: str
     log_end: int
     log_start: int
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., owner_id: _Optional[str] = ..., owner_address: _Optional[str] = ..., log_end: _Optional[int] = ..., log_start: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., owner_id: _Optional[str] = ..., owner_address: _Optional[str] = ..., log_end: _Optional[int] = ..., log_start: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class TopicPartition(_message.Message):
     __slots__ = ("topic", "partition")
@@ -423,3 +425,87 @@ class DeleteGroupRequest(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     group: str
     def __init__(self, group: _Optional[str] = ...) -> None: ...
+
+class QuotaRates(_message.Message):
+    __slots__ = ("produce_bytes", "consume_bytes", "produce_requests", "consume_requests")
+    PRODUCE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONSUME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRODUCE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CONSUME_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    produce_bytes: int
+    consume_bytes: int
+    produce_requests: int
+    consume_requests: int
+    def __init__(self, produce_bytes: _Optional[int] = ..., consume_bytes: _Optional[int] = ..., produce_requests: _Optional[int] = ..., consume_requests: _Optional[int] = ...) -> None: ...
+
+class QuotaInfo(_message.Message):
+    __slots__ = ("id", "tenant", "topic", "limits", "state", "reason", "created_ms", "decided_ms", "use")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_MS_FIELD_NUMBER: _ClassVar[int]
+    USE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant: str
+    topic: str
+    limits: QuotaRates
+    state: str
+    reason: str
+    created_ms: int
+    decided_ms: int
+    use: QuotaRates
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., topic: _Optional[str] = ..., limits: _Optional[_Union[QuotaRates, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_ms: _Optional[int] = ..., decided_ms: _Optional[int] = ..., use: _Optional[_Union[QuotaRates, _Mapping]] = ...) -> None: ...
+
+class RequestQuotaRequest(_message.Message):
+    __slots__ = ("tenant", "topic", "limits")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    topic: str
+    limits: QuotaRates
+    def __init__(self, tenant: _Optional[str] = ..., topic: _Optional[str] = ..., limits: _Optional[_Union[QuotaRates, _Mapping]] = ...) -> None: ...
+
+class QuotaResponse(_message.Message):
+    __slots__ = ("error", "quota")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    quota: QuotaInfo
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., quota: _Optional[_Union[QuotaInfo, _Mapping]] = ...) -> None: ...
+
+class DecideQuotaRequest(_message.Message):
+    __slots__ = ("id", "approve")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    approve: bool
+    def __init__(self, id: _Optional[str] = ..., approve: _Optional[bool] = ...) -> None: ...
+
+class ListQuotasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQuotasResponse(_message.Message):
+    __slots__ = ("error", "quotas", "capacity_per_broker", "live_brokers", "measured")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_PER_BROKER_FIELD_NUMBER: _ClassVar[int]
+    LIVE_BROKERS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    quotas: _containers.RepeatedCompositeFieldContainer[QuotaInfo]
+    capacity_per_broker: QuotaRates
+    live_brokers: int
+    measured: QuotaRates
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., quotas: _Optional[_Iterable[_Union[QuotaInfo, _Mapping]]] = ..., capacity_per_broker: _Optional[_Union[QuotaRates, _Mapping]] = ..., live_brokers: _Optional[int] = ..., measured: _Optional[_Union[QuotaRates, _Mapping]] = ...) -> None: ...
+
+class SetQuotaCapacityRequest(_message.Message):
+    __slots__ = ("per_broker",)
+    PER_BROKER_FIELD_NUMBER: _ClassVar[int]
+    per_broker: QuotaRates
+    def __init__(self, per_broker: _Optional[_Union[QuotaRates, _Mapping]] = ...) -> None: ...

@@ -129,6 +129,26 @@ class BrokerStub:
                 request_serializer=talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.SerializeToString,
                 response_deserializer=talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
                 _registered_method=True)
+        self.RequestQuota = channel.unary_unary(
+                '/talos.v1.Broker/RequestQuota',
+                request_serializer=talos_dot_proto_dot_talos__pb2.RequestQuotaRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.QuotaResponse.FromString,
+                _registered_method=True)
+        self.DecideQuota = channel.unary_unary(
+                '/talos.v1.Broker/DecideQuota',
+                request_serializer=talos_dot_proto_dot_talos__pb2.DecideQuotaRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.QuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/talos.v1.Broker/ListQuotas',
+                request_serializer=talos_dot_proto_dot_talos__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.SetQuotaCapacity = channel.unary_unary(
+                '/talos.v1.Broker/SetQuotaCapacity',
+                request_serializer=talos_dot_proto_dot_talos__pb2.SetQuotaCapacityRequest.SerializeToString,
+                response_deserializer=talos_dot_proto_dot_talos__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServicer:
@@ -250,6 +270,30 @@ class BrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuotaCapacity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +391,26 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.DeleteGroup,
                     request_deserializer=talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.FromString,
                     response_serializer=talos_dot_proto_dot_talos__pb2.AdminResponse.SerializeToString,
+            ),
+            'RequestQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestQuota,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.RequestQuotaRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.QuotaResponse.SerializeToString,
+            ),
+            'DecideQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideQuota,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.DecideQuotaRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.QuotaResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.ListQuotasRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'SetQuotaCapacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuotaCapacity,
+                    request_deserializer=talos_dot_proto_dot_talos__pb2.SetQuotaCapacityRequest.FromString,
+                    response_serializer=talos_dot_proto_dot_talos__pb2.ListQuotasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -862,6 +926,114 @@ class Broker:
             '/talos.v1.Broker/DeleteGroup',
             talos_dot_proto_dot_talos__pb2.DeleteGroupRequest.SerializeToString,
             talos_dot_proto_dot_talos__pb2.AdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/RequestQuota',
+            talos_dot_proto_dot_talos__pb2.RequestQuotaRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.QuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/DecideQuota',
+            talos_dot_proto_dot_talos__pb2.DecideQuotaRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.QuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/ListQuotas',
+            talos_dot_proto_dot_talos__pb2.ListQuotasRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuotaCapacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.v1.Broker/SetQuotaCapacity',
+            talos_dot_proto_dot_talos__pb2.SetQuotaCapacityRequest.SerializeToString,
+            talos_dot_proto_dot_talos__pb2.ListQuotasResponse.FromString,
             options,
             channel_credentials,
             insecure,
