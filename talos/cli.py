@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     from talos.group_cli import add_group_parser
 
     add_group_parser(sub)
+    __import__("talos.quota_cli", fromlist=["x"]).add_quota_parser(sub)
 
     from talos.bench.cli import add_parser as add_bench_parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -37,6 +38,21 @@ def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
     return addresses
 
 
+#: Environment variable naming the tenant when a client is not given one.
+TENANT_ENV = "TALOS_TENANT"
+
+
+def tenant_metadata(tenant: str | None) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata that names the client's tenant (quotas): ``tenant``, else
+    $TALOS_TENANT, else none (the broker charges the tenant "default")."""
+    from talos.coord.paths import validate_name
+
+    chosen = tenant if tenant is not None else os.environ.get(TENANT_ENV, "")
+    if not chosen:
+        return ()
+    return (("talos-tenant", validate_name(chosen, "tenant")),)
+
+
 def retry_policy(timeout: float) -> tenacity.Retrying:
     """Retry retriable Talos errors with exponential backoff until ``timeout`` seconds."""
     return tenacity.Retrying(
@@ -50,9 +66,15 @@ def retry_policy(timeout: float) -> tenacity.Retrying:
 class Connections:
     """One channel and stub per broker address, shared by the client's parts."""
 
-    def __init__(self, bootstrap: str | Sequence[str], request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        request_timeout: float = 30.0,
+        tenant: str | None = None,
+    ) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
         self.request_timeout = request_timeout
+        self.metadata = tenant_metadata(tenant)
         self._stubs: dict[str, pb_grpc.BrokerStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -73,7 +95,7 @@ class Connections:
         """One unary call; grpc failures become retriable Talos errors."""
         rpc: Callable[..., Any] = getattr(self.stub(address), method)
         try:
-            return rpc(request, timeout=timeout or self.request_timeout)
+            return rpc(request, timeout=timeout or self.request_timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise from_grpc_error(exc, address) from None
 

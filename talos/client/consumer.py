@@ -21,6 +21,7 @@ from talos.errors import (
     InvalidArgument,
     OffsetOutOfRange,
     TalosError,
+    Throttled,
     UnknownMember,
 )
 from talos.proto import talos_pb2 as pb
@@ -80,6 +81,7 @@ class Consumer:
         fetch_max_wait_ms: int = 200,
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        tenant: str | None = None,
     ) -> None:
         if group_id is not None:
             validate_group_name(group_id, "group_id")
@@ -101,7 +103,7 @@ class Consumer:
         self.fetch_max_bytes = fetch_max_bytes
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.clock = clock
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(bootstrap, request_timeout=request_timeout_s, tenant=tenant)
         self.router = Router(self.connections, clock)
         self._subscription: list[str] = []
         self._assigned: list[TopicPartition] = []
@@ -117,6 +119,8 @@ class Consumer:
         # a batch that could not be decoded, per partition: raised by poll() once the
         # records before it were returned; the position stays at it until a seek
         self._corrupt: dict[TopicPartition, CorruptRecords] = {}
+        # partitions the broker answered THROTTLED (a quota): not fetched until then
+        self._throttled_until: dict[TopicPartition, float] = {}
 
     # ---- assignment ---------------------------------------------------------
 
@@ -270,9 +274,12 @@ class Consumer:
             self.clock.sleep(min(wait_s, 0.1))
             return []
         by_address: dict[str, list[TopicPartition]] = {}
+        now = self.clock.monotonic()
         for tp in self._assigned:
             if tp in self._corrupt:
                 continue  # stays at the bad batch until poll() raised it
+            if self._throttled_until.get(tp, 0.0) > now:
+                continue  # over the tenant's consume quota: wait its retry-after
             try:
                 self._fetch_position(tp)
                 address = self.router.owner_address(tp.topic, tp.partition)
@@ -315,6 +322,9 @@ class Consumer:
             if isinstance(error, OffsetOutOfRange):
                 log.warning("%s: %s; resetting (%s)", tp, error.message, self.auto_offset_reset)
                 self._positions[tp] = self._reset_position(tp)
+            elif isinstance(error, Throttled):
+                wait_s = max(error.retry_after_ms, 1) / 1000
+                self._throttled_until[tp] = self.clock.monotonic() + wait_s
             elif error.retriable:
                 self.router.mark_stale(tp.topic)
             else:

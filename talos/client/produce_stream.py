@@ -54,8 +54,10 @@ class ProduceStream:
         on_answer: Answer,
         request_timeout: float,
         clock: Clock,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.address = address
+        self._metadata = tuple(metadata)
         self.request_timeout = request_timeout
         self._io = io
         self._clock = clock
@@ -113,7 +115,7 @@ class ProduceStream:
 
     async def _open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        self._call = pb_grpc.BrokerStub(self._channel).ProduceStream()
+        self._call = pb_grpc.BrokerStub(self._channel).ProduceStream(metadata=self._metadata)
         self._reader = asyncio.ensure_future(self._read())
 
     def _write(self, request: pb.ProduceRequest) -> None:

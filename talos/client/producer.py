@@ -273,6 +273,7 @@ class Producer:
         max_in_flight_per_broker: int = 5,
         buffer_bytes: int = 32 * 1024 * 1024,
         clock: Clock = SYSTEM_CLOCK,
+        tenant: str | None = None,
     ) -> None:
         if not 0 <= linger_ms <= 60_000:
             raise InvalidArgument(f"linger_ms: must be between 0 and 60000, got {linger_ms}")
@@ -299,7 +300,7 @@ class Producer:
         self.max_in_flight = max_in_flight_per_broker
         self.clock = clock
         self._wall_ms = clock.wall_ms
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(bootstrap, request_timeout=request_timeout_s, tenant=tenant)
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
         self._open: dict[tuple[str, int], _Batch] = {}
@@ -708,6 +709,7 @@ class Producer:
                 self._answered,
                 self.connections.request_timeout,
                 self.clock,
+                self.connections.metadata,
             )
         return stream
 
@@ -738,10 +740,11 @@ class Producer:
             elif error.retriable and self.clock.monotonic() < batch.deadline and not self._closed:
                 batch.attempts += 1
                 self.metrics["retries"] += 1
+                queue.retry_at = self.clock.monotonic() + retry_delay(error, batch.attempts)
                 if isinstance(error, Throttled):
                     self.metrics["throttled"] += 1
-                queue.retry_at = self.clock.monotonic() + _backoff(batch.attempts)
-                self.router.mark_stale(batch.topic)
+                else:  # a quota's THROTTLED says nothing about where the partition lives
+                    self.router.mark_stale(batch.topic)
                 self._lock.notify_all()
                 return
             else:
@@ -768,3 +771,11 @@ class Producer:
 def _backoff(attempt: int) -> float:
     """Exponential backoff for a batch's next attempt, capped at one second."""
     return float(min(1.0, 0.02 * 2 ** min(attempt, 10)))
+
+
+def retry_delay(error: TalosError, attempt: int) -> float:
+    """Seconds before a batch's next attempt: a quota's retry-after when the broker gave
+    one (waiting less is refused again, waiting more under-uses the quota), else backoff."""
+    if isinstance(error, Throttled) and error.retry_after_ms > 0:
+        return error.retry_after_ms / 1000
+    return _backoff(attempt)

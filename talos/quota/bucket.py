@@ -19,6 +19,8 @@ from talos.clock import SYSTEM_CLOCK, Clock
 
 #: Seconds of rate a full bucket holds.
 DEFAULT_BURST_S = 1.0
+#: Debt smaller than this (a float rounding after an exact wait) counts as none.
+_EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def refilled(state: BucketState, now: float, rate: float, burst: float) -> Bucke
 def retry_after(state: BucketState, now: float, rate: float, burst: float) -> float:
     """Seconds until the bucket is out of debt: 0 admits now."""
     tokens = refilled(state, now, rate, burst).tokens
-    return 0.0 if tokens >= 0 else -tokens / rate
+    return 0.0 if tokens >= -_EPSILON else -tokens / rate
 
 
 def charged(state: BucketState, now: float, rate: float, burst: float, cost: float) -> BucketState:
