@@ -15,7 +15,10 @@ def quota(
     return Quota(qid, tenant, topic, Rates(produce_bytes=produce), state, "", 0)
 
 
-def ask(limits: Rates, quotas=(), flows=(), capacity=Rates(produce_bytes=10 * MB), live=3, **kw):
+CAPACITY = Rates(produce_bytes=10 * MB)
+
+
+def ask(limits: Rates, quotas=(), flows=(), capacity=CAPACITY, live=3, **kw):
     return decide(
         kw.get("tenant", "t"),
         kw.get("topic"),
