@@ -13,7 +13,7 @@ The arithmetic is pure (``refilled``, ``retry_after``, ``charged``); the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from talos.clock import SYSTEM_CLOCK, Clock
 
@@ -23,8 +23,7 @@ DEFAULT_BURST_S = 1.0
 _EPSILON = 1e-6
 
 
-@dataclass(frozen=True)
-class BucketState:
+class BucketState(NamedTuple):  # a tuple: made on every check, on the request path
     tokens: float  # negative: debt
     at: float  # monotonic time the tokens were counted
 
@@ -50,7 +49,8 @@ def charged(state: BucketState, now: float, rate: float, burst: float, cost: flo
 class TokenBucket:
     """One quota dimension on one broker. ``rate`` may change (a quota or its share
     changed); the tokens and the debt carry over. Not thread-safe: the broker's
-    event loop is its only user."""
+    event loop is its only user. ``now`` is the caller's reading of the clock (one
+    reading serves every bucket a request meets)."""
 
     __slots__ = ("burst", "clock", "rate", "state")
 
@@ -65,8 +65,8 @@ class TokenBucket:
         self.burst = rate * burst_s
         self.state = BucketState(min(self.state.tokens, self.burst), self.state.at)
 
-    def retry_after(self) -> float:
-        return retry_after(self.state, self.clock.monotonic(), self.rate, self.burst)
+    def retry_after(self, now: float) -> float:
+        return retry_after(self.state, now, self.rate, self.burst)
 
-    def charge(self, cost: float) -> None:
-        self.state = charged(self.state, self.clock.monotonic(), self.rate, self.burst, cost)
+    def charge(self, cost: float, now: float) -> None:
+        self.state = charged(self.state, now, self.rate, self.burst, cost)

@@ -65,6 +65,7 @@ class QuotaEnforcer:
         self._limits: dict[Scope, Rates] = {}
         self._tenants: frozenset[str] = frozenset()
         self._buckets: dict[tuple[Scope, int], TokenBucket] = {}
+        self._plans: dict[tuple[str, str, int], tuple[TokenBucket, ...]] = {}
         self._share: ShareOf = lambda _topic: 1.0
         self._meter: dict[tuple[str, str], list[float]] = {}
         self._metered_since = clock.monotonic()
@@ -95,6 +96,7 @@ class QuotaEnforcer:
                     bucket.set_rate(rate)
                 kept[(scope, dim)] = bucket
         self._buckets = kept
+        self._plans = {}
 
     def rate_of(self, scope: Scope, dim: int) -> float | None:
         bucket = self._buckets.get((scope, dim))
@@ -102,38 +104,42 @@ class QuotaEnforcer:
 
     # ---- admission --------------------------------------------------------------
 
-    def _scoped(self, tenant: str, topic: str, dims: tuple[int, ...]) -> list[tuple[Scope, int]]:
-        found: list[tuple[Scope, int]] = []
-        for scope in ((tenant, None), (tenant, topic)):
-            for dim in dims:
-                if (scope, dim) in self._buckets:
-                    found.append((scope, dim))
+    def _topic_buckets(self, tenant: str, topic: str, dim: int) -> tuple[TokenBucket, ...]:
+        """The buckets a tenant's traffic on a topic meets on one dimension (cached)."""
+        key = (tenant, topic, dim)
+        found = self._plans.get(key)
+        if found is None:
+            scopes: tuple[Scope, Scope] = ((tenant, None), (tenant, topic))
+            found = tuple(bucket for scope in scopes if (bucket := self._buckets.get((scope, dim))))
+            self._plans[key] = found
         return found
 
     def _admit(
         self, tenant: str, items: Sequence[tuple[str, int]], bytes_dim: int, requests_dim: int
     ) -> list[int]:
-        """Per item: 0 when admitted (its bytes charged, and one request per topic of the
-        call), else the milliseconds until its buckets are out of debt."""
-        waits = []
-        counted: set[str] = set()  # topics whose request was charged in this call
+        """Per item: 0 when admitted, else the milliseconds until its buckets are out of
+        debt. The items of one topic are decided together: admitted with their bytes and
+        one request charged (a request counts once per topic it carries), or refused."""
+        totals: dict[str, int] = {}
         for topic, nbytes in items:
-            buckets = self._scoped(tenant, topic, (bytes_dim, requests_dim))
+            totals[topic] = totals.get(topic, 0) + nbytes
+        now = self._clock.monotonic()
+        waits: dict[str, int] = {}
+        for topic, total in totals.items():
+            byte_buckets = self._topic_buckets(tenant, topic, bytes_dim)
+            request_buckets = self._topic_buckets(tenant, topic, requests_dim)
             wait = 0.0
-            for key in buckets:
-                if key[1] != requests_dim or topic not in counted:
-                    wait = max(wait, self._buckets[key].retry_after())
+            for bucket in byte_buckets + request_buckets:
+                wait = max(wait, bucket.retry_after(now))
             if wait > 0:
-                waits.append(_ms(wait))
+                waits[topic] = _ms(wait)
                 continue
-            for key in buckets:
-                if key[1] == bytes_dim:
-                    self._buckets[key].charge(nbytes)
-                elif topic not in counted:
-                    self._buckets[key].charge(1)
-            counted.add(topic)
-            waits.append(0)
-        return waits
+            for bucket in byte_buckets:
+                bucket.charge(total, now)
+            for bucket in request_buckets:
+                bucket.charge(1, now)
+            waits[topic] = 0
+        return [waits[topic] for topic, _nbytes in items]
 
     def admit_produce(self, tenant: str, batches: Sequence[tuple[str, int]]) -> list[int] | None:
         """Admit (topic, bytes) batches of one produce request; None: all admitted.
@@ -163,8 +169,9 @@ class QuotaEnforcer:
             self._count(tenant, topic, CONSUME_BYTES, nbytes, topic not in counted)
             counted.add(topic)
             if tenant in self._tenants and nbytes:
-                for key in self._scoped(tenant, topic, (CONSUME_BYTES,)):
-                    self._buckets[key].charge(nbytes)
+                now = self._clock.monotonic()
+                for bucket in self._topic_buckets(tenant, topic, CONSUME_BYTES):
+                    bucket.charge(nbytes, now)
 
     # ---- metering ---------------------------------------------------------------
 

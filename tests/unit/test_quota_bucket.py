@@ -40,11 +40,11 @@ def test_admitted_rate_converges_to_the_rate() -> None:
     bucket = TokenBucket(1000, clock)
     sent = 0
     while clock.monotonic() < 10.0:
-        wait = bucket.retry_after()
+        wait = bucket.retry_after(clock.monotonic())
         if wait:
             clock.advance(wait)
             continue
-        bucket.charge(300)
+        bucket.charge(300, clock.monotonic())
         sent += 300
     assert 10 * 1000 <= sent <= 11 * 1000 + 300  # 10 s of rate, one burst, one overshoot
 
@@ -54,6 +54,6 @@ def test_a_rate_change_keeps_the_debt_and_caps_the_tokens() -> None:
     bucket = TokenBucket(1000, clock)
     bucket.set_rate(100)
     assert bucket.state.tokens == 100  # the burst shrank with the rate
-    bucket.charge(300)
+    bucket.charge(300, 0.0)
     bucket.set_rate(1000)
-    assert bucket.retry_after() == pytest.approx(0.2)  # the debt stays, repaid faster
+    assert bucket.retry_after(0.0) == pytest.approx(0.2)  # the debt stays, repaid faster

@@ -48,7 +48,8 @@ def test_refused_batches_are_not_metered() -> None:
     clock = ManualClock()
     enforcer = QuotaEnforcer(clock)
     enforcer.set_quotas([approved("q-1", "t", produce_bytes=1000)])
-    assert enforcer.admit_produce("t", [("logs", 1200), ("logs", 700)]) == [0, 200]
+    assert enforcer.admit_produce("t", [("logs", 1000), ("logs", 200)]) == [0, 0]  # together
+    assert enforcer.admit_produce("t", [("logs", 700)]) == [200]
     clock.advance(1.0)
     [flow] = enforcer.take_flows()[0]
     assert flow.rates.produce_bytes == 1200

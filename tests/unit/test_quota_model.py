@@ -34,3 +34,11 @@ def test_retry_after_crosses_the_wire() -> None:
     back = error_from_proto(error_to_proto(sent))
     assert isinstance(back, Throttled) and back.retry_after_ms == 250
     assert isinstance(from_wire(9, "busy"), Throttled)
+
+
+def test_the_producer_waits_a_quotas_retry_after_else_backs_off() -> None:
+    from talos.client.producer import _backoff, retry_delay
+
+    assert retry_delay(Throttled("over quota", retry_after_ms=250), attempt=7) == 0.25
+    assert retry_delay(Throttled("queue full"), attempt=3) == _backoff(3)
+    assert retry_delay(InvalidArgument("x"), attempt=1) == _backoff(1)
