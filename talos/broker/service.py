@@ -244,12 +244,19 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
+        tenant = request_tenant(context)
+        admitted, refused = self._fetch_quota(request, tenant)
+        if refused and not admitted.partitions:
+            return with_refused(pb.FetchResponse(), refused)
+        response = await self._serve_fetch(admitted)
+        self.broker.quotas.enforcer.fetched(
+            tenant, [(r.topic, len(r.records)) for r in response.results]
+        )
+        return with_refused(response, refused)
+
+    async def _serve_fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
         broker = self.broker
         max_wait = min(max(request.max_wait_ms, 0), MAX_WAIT_MS) / 1000
-        tenant = request_tenant(context)
-        refused = self._fetch_quota(request, tenant)
-        if refused is not None:
-            return refused
         response = await self._fetch(request)
         if max_wait > 0 and not any(r.records for r in response.results):
             waits = []
@@ -267,25 +274,29 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     task.cancel()
                 response = await self._fetch(request)
         metrics.fetched(response.results)
-        self.broker.quotas.enforcer.fetched(
-            tenant, [(r.topic, len(r.records)) for r in response.results]
-        )
         return response
 
-    def _fetch_quota(self, request: pb.FetchRequest, tenant: str) -> pb.FetchResponse | None:
-        """A fetch any partition of which is over the tenant's consume quota is answered
-        THROTTLED for those partitions at once (the others wait their turn: one answer)."""
+    def _fetch_quota(
+        self, request: pb.FetchRequest, tenant: str
+    ) -> tuple[pb.FetchRequest, dict[int, pb.FetchResult]]:
+        """The partitions the tenant's consume quotas admit, and THROTTLED answers (by
+        position in the request) for the others."""
         waits = self.broker.quotas.enforcer.admit_fetch(
             tenant, [part.topic for part in request.partitions]
         )
         if waits is None or not any(waits):
-            return None
-        response = pb.FetchResponse()
-        for part, wait in zip(request.partitions, waits, strict=True):
-            result = response.results.add(topic=part.topic, partition=part.partition)
-            error = throttled(max(wait, 1), f"tenant {tenant!r} consuming {part.topic!r}")
-            result.error.CopyFrom(error_to_proto(error))
-        return response
+            return request, {}
+        admitted = pb.FetchRequest(max_wait_ms=request.max_wait_ms)
+        refused: dict[int, pb.FetchResult] = {}
+        for i, (part, wait) in enumerate(zip(request.partitions, waits, strict=True)):
+            if not wait:
+                admitted.partitions.append(part)
+                continue
+            error = throttled(wait, f"tenant {tenant!r} consuming {part.topic!r}")
+            refused[i] = pb.FetchResult(
+                topic=part.topic, partition=part.partition, error=error_to_proto(error)
+            )
+        return admitted, refused
 
     async def _fetch(self, request: pb.FetchRequest) -> pb.FetchResponse:
         """Reads that return data go to a thread, so the loop keeps serving produces."""
@@ -587,6 +598,19 @@ def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:
             "whole CRC-valid batch"
         )
     return headers
+
+
+def with_refused(
+    response: pb.FetchResponse, refused: dict[int, pb.FetchResult]
+) -> pb.FetchResponse:
+    """The served results with the refused ones put back at their places in the request."""
+    if not refused:
+        return response
+    served = iter(response.results)
+    merged = pb.FetchResponse()
+    for i in range(len(response.results) + len(refused)):
+        merged.results.append(refused[i] if i in refused else next(served))
+    return merged
 
 
 def _as_talos(exc: BaseException) -> TalosError:
