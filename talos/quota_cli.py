@@ -178,7 +178,7 @@ def add_quota_parser(sub: Any) -> None:
         return p
 
     request = command("request", "ask for a quota; approved at once if the headroom allows")
-    request.add_argument("tenant")
+    request.add_argument("tenant", help="the tenant, or '*' with --topic: every tenant together")
     request.add_argument("--topic", default=None, help="limit one topic (default: every topic)")
     _rate_options(request, "cluster-wide limit")
     request.set_defaults(func=cmd_quota_request)

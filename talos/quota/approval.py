@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import DIMENSION_OPTIONS, Flow, Quota, QuotaState, Rates
+from .model import DIMENSION_OPTIONS, Flow, Quota, QuotaState, Rates, covers
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Decision:
 
 
 def _covers(quota: Quota, flow: Flow) -> bool:
-    return quota.tenant == flow.tenant and quota.topic in (None, flow.topic)
+    return covers(quota.tenant, quota.topic, flow.tenant, flow.topic)
 
 
 def unreserved_traffic(flows: Sequence[Flow], granted: Sequence[Quota]) -> Rates:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from talos.clock import SYSTEM_CLOCK, Clock
 
 from .bucket import TokenBucket
-from .model import Flow, Quota, QuotaState, Rates
+from .model import EVERY_TENANT, Flow, Quota, QuotaState, Rates
 
 PRODUCE_BYTES, CONSUME_BYTES, PRODUCE_REQUESTS, CONSUME_REQUESTS = range(4)
 
@@ -64,6 +64,7 @@ class QuotaEnforcer:
         self._clock = clock
         self._limits: dict[Scope, Rates] = {}
         self._tenants: frozenset[str] = frozenset()
+        self._everyone = False  # a topic quota of every tenant exists: check them all
         self._buckets: dict[tuple[Scope, int], TokenBucket] = {}
         self._plans: dict[tuple[str, str, int], tuple[TokenBucket, ...]] = {}
         self._share: ShareOf = lambda _topic: 1.0
@@ -78,6 +79,7 @@ class QuotaEnforcer:
             self._share = share
         self._limits = active_limits(quotas)
         self._tenants = frozenset(tenant for tenant, _topic in self._limits)
+        self._everyone = EVERY_TENANT in self._tenants
         self.reshare()
 
     def reshare(self) -> None:
@@ -109,7 +111,7 @@ class QuotaEnforcer:
         key = (tenant, topic, dim)
         found = self._plans.get(key)
         if found is None:
-            scopes: tuple[Scope, Scope] = ((tenant, None), (tenant, topic))
+            scopes: tuple[Scope, ...] = ((tenant, None), (tenant, topic), (EVERY_TENANT, topic))
             found = tuple(bucket for scope in scopes if (bucket := self._buckets.get((scope, dim))))
             self._plans[key] = found
         return found
@@ -147,7 +149,7 @@ class QuotaEnforcer:
         Admitted batches are metered. Meters count what is admitted, not what is asked.
         """
         waits = None
-        if tenant in self._tenants:
+        if tenant in self._tenants or self._everyone:
             waits = self._admit(tenant, batches, PRODUCE_BYTES, PRODUCE_REQUESTS)
         counted: set[str] = set()
         for i, (topic, nbytes) in enumerate(batches):
@@ -158,7 +160,7 @@ class QuotaEnforcer:
 
     def admit_fetch(self, tenant: str, topics: Sequence[str]) -> list[int] | None:
         """Admit the partitions of one fetch request (bytes are charged by ``fetched``)."""
-        if tenant not in self._tenants:
+        if tenant not in self._tenants and not self._everyone:
             return None
         return self._admit(tenant, [(t, 0) for t in topics], CONSUME_BYTES, CONSUME_REQUESTS)
 
@@ -168,7 +170,7 @@ class QuotaEnforcer:
         for topic, nbytes in results:
             self._count(tenant, topic, CONSUME_BYTES, nbytes, topic not in counted)
             counted.add(topic)
-            if tenant in self._tenants and nbytes:
+            if nbytes and (tenant in self._tenants or self._everyone):
                 now = self._clock.monotonic()
                 for bucket in self._topic_buckets(tenant, topic, CONSUME_BYTES):
                     bucket.charge(nbytes, now)

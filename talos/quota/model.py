@@ -19,6 +19,9 @@ from talos.errors import CoordinationError, InvalidArgument
 MAX_RATE = 10**15
 
 DEFAULT_TENANT = "default"
+#: The tenant of a topic quota shared by every tenant (never a tenant's own name: '*' is
+#: not a valid one).
+EVERY_TENANT = "*"
 
 
 class QuotaState(enum.Enum):
@@ -119,6 +122,20 @@ def checked_limits(limits: Rates, param_prefix: str = "") -> Rates:
 
 def check_tenant(tenant: object, param: str = "tenant") -> str:
     return paths.validate_name(tenant, param)
+
+
+def check_scope(tenant: object, topic: str | None) -> str:
+    """A tenant name, or '*' (every tenant together) for a topic quota."""
+    if tenant == EVERY_TENANT:
+        if topic is None:
+            raise InvalidArgument("tenant: '*' (every tenant) needs --topic")
+        return EVERY_TENANT
+    return check_tenant(tenant)
+
+
+def covers(quota_tenant: str, quota_topic: str | None, tenant: str, topic: str) -> bool:
+    """Does a quota of this scope limit ``tenant``'s traffic on ``topic``?"""
+    return quota_tenant in (tenant, EVERY_TENANT) and quota_topic in (None, topic)
 
 
 @dataclass(frozen=True)

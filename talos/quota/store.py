@@ -28,7 +28,7 @@ from talos.coord.zk import dumps, loads, txn_failure, zk_errors
 from talos.errors import CoordinationError, InvalidArgument
 
 from .approval import decide
-from .model import Flow, Quota, QuotaState, Rates, check_tenant
+from .model import Flow, Quota, QuotaState, Rates, check_scope, covers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def use_of(quota: Quota, flows: Sequence[Flow]) -> Rates:
     """The measured traffic a quota's scope covers."""
     total = Rates()
     for flow in flows:
-        if flow.tenant == quota.tenant and quota.topic in (None, flow.topic):
+        if covers(quota.tenant, quota.topic, flow.tenant, flow.topic):
             total = total + flow.rates
     return total
 
@@ -131,7 +131,7 @@ class QuotaStore:
 
     def request(self, tenant: str, topic: str | None, limits: Rates, live_brokers: int) -> Quota:
         """Store a quota request, approved at once when the headroom allows it."""
-        check_tenant(tenant)
+        check_scope(tenant, topic)
         with zk_errors(f"requesting a quota for tenant {tenant!r}"):
             for _ in range(_CAS_ATTEMPTS):
                 quotas, version = self._read()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from talos.config import validate_topic_name
 from talos.proto import talos_pb2 as pb
 
-from .model import Quota, Rates, check_tenant, checked_limits
+from .model import Quota, Rates, check_scope, checked_limits
 from .store import QuotaStore, QuotaView, use_of
 
 
@@ -49,8 +49,8 @@ def view_to_proto(view: QuotaView) -> pb.ListQuotasResponse:
 
 def request_quota(store: QuotaStore, request: pb.RequestQuotaRequest, live: int) -> pb.QuotaInfo:
     """Check everything before anything is stored: bad input changes nothing."""
-    tenant = check_tenant(request.tenant)
     topic = validate_topic_name(request.topic, "topic") if request.topic else None
+    tenant = check_scope(request.tenant, topic)
     limits = checked_limits(rates_from_proto(request.limits))
     quota = store.request(tenant, topic, limits, live)
     return quota_to_proto(quota, Rates())

@@ -152,6 +152,9 @@ def test_quota_requests_are_approved_within_headroom_else_pending(
     assert "produce-bytes-per-s: asks 1048576, headroom 524288" in too_big["reason"]
     raised = request("beta", "--produce-bytes-per-s", "2M")  # replaces beta's own quota
     assert raised["state"] == "approved", raised
+    everyone = request("*", "--topic", "logs", "--produce-requests-per-s", "100")
+    assert everyone["state"] == "pending", everyone  # no request capacity configured
+    assert "produce-requests-per-s: no capacity configured" in everyone["reason"]
 
     code, out, err = run(capsys, "quota", "approve", too_big["id"], *boot)
     assert code == 0, err
@@ -164,6 +167,7 @@ def test_quota_requests_are_approved_within_headroom_else_pending(
         granted["id"]: "superseded",
         too_big["id"]: "approved",
         raised["id"]: "approved",
+        everyone["id"]: "pending",
     }
 
     # Bad input: refused with a clear error, exit 2, nothing stored changed.
@@ -174,6 +178,7 @@ def test_quota_requests_are_approved_within_headroom_else_pending(
         (("request", "delta", "--consume-bytes-per-s", "lots"), "--consume-bytes-per-s"),
         (("request", "delta"), "give at least one"),
         (("request", "bad/tenant", "--produce-bytes-per-s", "1"), "tenant"),
+        (("request", "*", "--produce-bytes-per-s", "1"), "'*' (every tenant) needs --topic"),
         (("request", "delta", "--produce-bytes-per-s", "1", "--topic", "a b"), "topic"),
         (("approve", "q-9999999999"), "no quota 'q-9999999999'"),
         (("reject", first["id"]), "is rejected; only a pending quota"),

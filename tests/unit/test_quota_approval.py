@@ -113,3 +113,13 @@ def test_no_live_broker_cannot_be_judged() -> None:
 def test_exactly_the_headroom_is_approved() -> None:
     assert ask(Rates(produce_bytes=30 * MB)).approve
     assert not ask(Rates(produce_bytes=30 * MB + 1)).approve
+
+
+def test_a_topic_quota_of_every_tenant_covers_every_tenants_traffic_there() -> None:
+    granted = [quota("q-1", "*", 5 * MB, topic="logs")]
+    flows = [
+        Flow("a", "logs", Rates(produce_bytes=2 * MB)),
+        Flow("b", "logs", Rates(produce_bytes=2 * MB)),
+        Flow("b", "other", Rates(produce_bytes=1 * MB)),
+    ]
+    assert unreserved_traffic(flows, granted) == Rates(produce_bytes=1 * MB)

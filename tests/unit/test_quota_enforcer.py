@@ -124,3 +124,13 @@ def test_a_removed_quota_stops_limiting() -> None:
     assert enforcer.admit_produce("t", [("a", 1)]) != [0]
     enforcer.set_quotas([])
     assert enforcer.admit_produce("t", [("a", 1)]) is None
+
+
+def test_a_topic_quota_of_every_tenant_limits_them_together() -> None:
+    enforcer = QuotaEnforcer(ManualClock())
+    enforcer.set_quotas([approved("q-1", "*", "hot", produce_bytes=1000)])
+    assert enforcer.admit_produce("a", [("hot", 800)]) == [0]
+    assert enforcer.admit_produce("b", [("hot", 800)]) == [0]  # into debt: 600
+    assert enforcer.admit_produce("c", [("hot", 1)]) == [600]
+    assert enforcer.admit_produce("c", [("cold", 10**6)]) == [0]  # other topics are free
+    assert enforcer.admit_produce("*", [("hot", 1)]) == [600]  # '*' said by a client: once

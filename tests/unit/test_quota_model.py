@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from talos.errors import InvalidArgument, Throttled, from_wire
-from talos.quota.model import Rates, checked_limits, parse_rate
+from talos.quota.model import Rates, check_scope, checked_limits, parse_rate
 from talos.wire import error_from_proto, error_to_proto
 
 
@@ -42,3 +42,12 @@ def test_the_producer_waits_a_quotas_retry_after_else_backs_off() -> None:
     assert retry_delay(Throttled("over quota", retry_after_ms=250), attempt=7) == 0.25
     assert retry_delay(Throttled("queue full"), attempt=3) == _backoff(3)
     assert retry_delay(InvalidArgument("x"), attempt=1) == _backoff(1)
+
+
+def test_every_tenant_is_a_scope_only_with_a_topic() -> None:
+    assert check_scope("*", "logs") == "*"
+    assert check_scope("team-a", None) == "team-a"
+    with pytest.raises(InvalidArgument, match="needs --topic"):
+        check_scope("*", None)
+    with pytest.raises(InvalidArgument, match="tenant"):
+        check_scope("a/b", "logs")
