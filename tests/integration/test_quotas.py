@@ -1,10 +1,12 @@
 """Quotas against real brokers: a tenant over its produce quota is throttled to about the
-quota and loses nothing; `talos quota` approves at once within the headroom, else leaves
-the request pending for an operator; bad input changes nothing."""
+quota and loses nothing (and a reader over its consume quota too); `talos quota` approves
+at once within the headroom, else leaves the request pending for an operator; measured
+traffic no quota covers shrinks the headroom; bad input changes nothing."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -190,3 +192,48 @@ def test_quota_requests_are_approved_within_headroom_else_pending(
         assert message in err, (args, err)
         assert not out, (args, out)
     assert listed(capsys, boot) == before
+
+
+def test_measured_traffic_outside_any_quota_shrinks_the_headroom(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    boot = ["--bootstrap", cluster.bootstrap]
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("bulk", 1)
+        admin.wait_until_ready("bulk")
+    code, _, err = run(capsys, "quota", "capacity", "--produce-bytes-per-s", "1M", *boot)
+    assert code == 0, err
+
+    stop = threading.Event()
+
+    def load() -> None:  # at most 500 KB/s, by a tenant with no quota, until told to stop
+        with Producer(cluster.bootstrap, tenant="bulk") as producer:
+            while not stop.is_set():
+                for _ in range(100):
+                    producer.send("bulk", b"x" * 1000)
+                producer.flush(timeout=30)
+                stop.wait(0.2)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while listed(capsys, boot)["measured"]["produce_bytes_per_s"] == 0:
+            assert time.monotonic() < deadline, "no broker reported the traffic"
+            time.sleep(0.5)
+        # The whole capacity (2 brokers x 1 MiB/s) no longer fits; a little still does.
+        code, whole, err = run(
+            capsys, "quota", "request", "new", "--produce-bytes-per-s", "2M", "--json", *boot
+        )
+        assert code == 0, err
+        code, little, err = run(
+            capsys, "quota", "request", "small", "--produce-bytes-per-s", "1K", "--json", *boot
+        )
+        assert code == 0, err
+    finally:
+        stop.set()
+        loader.join(timeout=60)
+    assert whole["state"] == "pending", whole
+    unreserved = int(whole["reason"].rsplit("unreserved traffic ", 1)[1].rstrip(")"))
+    assert 0 < unreserved <= 600_000, whole["reason"]
+    assert little["state"] == "approved", little
