@@ -1,11 +1,8 @@
 """The plain checks behind the Kafka/MM2 comparisons: what counts as missing, duplicated,
-offsets kept, redelivered, skipped, and which peer is best."""
+offsets kept, redelivered, skipped."""
 
 from __future__ import annotations
 
-import math
-
-from bench.kafka_rows import best_peer, ratio
 from talos.bench.mirror_faults import check_copy, check_failover, keyed_value
 from talos.testing.kafka import broker_properties, cluster_id, mm2_properties, properties
 
@@ -41,15 +38,6 @@ def test_failover_counts_what_is_read_twice_and_what_nobody_reads() -> None:
 def test_keyed_values_are_100_bytes_and_distinct() -> None:
     assert len(keyed_value(7)) == 100
     assert keyed_value(7) != keyed_value(8)
-
-
-def test_best_peer_picks_the_fastest_or_the_lowest_latency_and_skips_unmeasured() -> None:
-    values = {"NATS": 10.0, "Redis": 30.0, "aiokafka": math.nan}
-    assert best_peer(values, lower_is_better=False) == ("Redis", 30.0)
-    assert best_peer(values, lower_is_better=True) == ("NATS", 10.0)
-    name, value = best_peer({"x": math.nan}, lower_is_better=False)
-    assert name == "-" and math.isnan(value)
-    assert math.isnan(ratio(1.0, math.nan)) and ratio(6.0, 3.0) == 2.0
 
 
 def test_generated_kafka_configs_name_one_combined_node_and_a_one_way_link() -> None:
