@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from talos.errors import InvalidArgument, TalosError
@@ -57,9 +57,16 @@ def mirror_maker_available() -> str | None:
     return reason
 
 
-def cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+def cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with "-": kafka-storage's argument parser would read it
+    as an option (about one id in 64). Kafka's own Uuid.randomUuid skips those too.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(random_bytes()).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def properties(values: Mapping[str, object]) -> str:

@@ -51,6 +51,11 @@ def test_generated_kafka_configs_name_one_combined_node_and_a_one_way_link() -> 
     assert len(cluster_id()) == 22
 
 
+def test_a_cluster_id_never_starts_with_a_dash_that_kafka_storage_reads_as_an_option() -> None:
+    draws = iter([b"\xf8" + bytes(15), bytes(16)])  # the first encodes as "-A...": drawn again
+    assert cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
+
+
 def test_chaos_results_keep_the_mirror_comparison_section_when_rewritten() -> None:
     from chaos.report import KEPT_MARKER, with_kept_section
 
