@@ -18,6 +18,8 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +68,9 @@ from .producer_state import identity as _identity
 from .producer_state import rebuild as rebuild_producer_states
 
 log = logging.getLogger(__name__)
+
+#: Crash-safety tests set this to a crash point's name (see :func:`crash_point`).
+CRASH_AT_ENV = "TALOS_CRASH_AT"
 
 READ_CHUNK_BYTES = 1024 * 1024
 RETIRE_ATTEMPTS = 20
@@ -553,6 +558,7 @@ class PartitionLog:
             )
         except TalosError as exc:
             raise self._not_owner(f"mirror skip refused: {exc}") from exc
+        crash_point("skip-after-cas")
         segment.stream.close()
         self.log_start = start  # first: a concurrent reader below it gets OFFSET_OUT_OF_RANGE
         self._sealed = ()
@@ -708,6 +714,7 @@ class PartitionLog:
             )
         except TalosError as exc:
             raise self._not_owner(f"retention refused: {exc}") from exc
+        crash_point("retention-after-cas")
         self.log_start = cut
         self._sealed = tuple(s for s in sealed if not (s.base_offset < cut and s.end_offset <= cut))
         log.info("%s/%d: retention moved the log start to %d", self.topic, self.partition, cut)
@@ -876,6 +883,18 @@ class PartitionLog:
             "log_end": self._committed.log_end,
             "segments": len(self._sealed) + (1 if self._open else 0),
         }
+
+
+def crash_point(name: str) -> None:
+    """Die by SIGKILL right here when ``TALOS_CRASH_AT`` names this point.
+
+    A test hook: the crash-safety tests kill -9 a real broker at an exact
+    instant (between a compare-and-set and the deletes that follow it), which
+    no outside signal can hit reliably. Unset, it costs one dict lookup.
+    """
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.write(2, f"{CRASH_AT_ENV}={name}: SIGKILL now\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def retention_cut(
