@@ -175,7 +175,8 @@ def _collect(
             continue
         if kind == "nemesis":
             if event.get("kind") == "recreate":
-                _note_recreate(logs[(str(event["dc"]), str(event["topic"]))], event)
+                if "dc" in event and "topic" in event:  # the start and recreated phases
+                    _note_recreate(logs[(str(event["dc"]), str(event["topic"]))], event)
                 continue
             if event.get("destroyed"):
                 destroyed = logs[(str(event["dc"]), str(event["topic"]))].destroyed

@@ -68,6 +68,7 @@ ALL_FAULT_KINDS = FAULT_KINDS + MIRROR_FAULT_KINDS
 INCARNATION_FAULT_KINDS = ("recreate",)
 RECREATE_TOPIC = "reborn"
 RECREATE_PARTITIONS = 3
+RECREATE_VARIANTS = ("plain", "paused-owner")
 PAUSE_FACTORS = (0.5, 1.5, 3.0)
 #: Offset in a batch of the base offset field (8 bytes), and where the CRC coverage starts.
 BASE_OFFSET_AT, CRC_COVERED_FROM = 1, 17
@@ -108,16 +109,20 @@ def make_schedule(
     rng = random.Random(seed)
     # every kind early on; pauses once per factor (0.5x, 1.5x, 3x the session timeout)
     first = [k for k in kinds for _ in range(len(PAUSE_FACTORS) if k == "pause" else 1)]
+    first += ["recreate"] * (len(RECREATE_VARIANTS) - 1) * ("recreate" in kinds)
     rng.shuffle(first)
     pauses = list(PAUSE_FACTORS)
     rng.shuffle(pauses)
+    variants = list(RECREATE_VARIANTS) if "recreate" in kinds else []  # once each, early
+    rng.shuffle(variants)
     faults: list[Fault] = []
     now = rng.uniform(2.0, 4.0)
     count = 0
     while True:
         kind = first[count] if count < len(first) else rng.choice(list(kinds))
         factor = pauses.pop() if kind == "pause" and pauses else rng.choice(PAUSE_FACTORS)
-        fault = _fault(rng, kind, now, session_timeout, partitions, factor)
+        variant = variants.pop() if kind == "recreate" and variants else None
+        fault = _fault(rng, kind, now, session_timeout, partitions, factor, variant)
         if fault.at + fault.duration > duration and count >= len(first):
             break
         faults.append(fault)
@@ -140,6 +145,7 @@ def _fault(
     session_timeout: float,
     partitions: int,
     pause_factor: float,
+    variant: str | None = None,
 ) -> Fault:
     partition = rng.randrange(partitions)
     if kind == "kill":
@@ -197,16 +203,18 @@ def _fault(
         jump_s = rng.choice([-3600, -30, 30, 3600, 86_400])
         return Fault(at, kind, rng.uniform(3.0, 8.0), {"partition": partition, "jump_s": jump_s})
     if kind == "recreate":
-        return _recreate_fault(rng, at, session_timeout)
+        return _recreate_fault(rng, at, session_timeout, variant)
     raise InvalidArgument(f"kind: unknown fault {kind!r}")
 
 
-def _recreate_fault(rng: random.Random, at: float, session_timeout: float) -> Fault:
+def _recreate_fault(
+    rng: random.Random, at: float, session_timeout: float, variant: str | None
+) -> Fault:
     """``plain``: delete and recreate RECREATE_TOPIC. ``paused-owner``: the same through
     the other brokers while the owner of one of its partitions is SIGSTOPped for less
     than a session (it keeps its session and, on SIGCONT, its old in-memory log: the
     reproduction of issue 11 §1). The duration is the pause, or a quiet second."""
-    variant = rng.choice(["plain", "paused-owner"])
+    variant = variant or rng.choice(RECREATE_VARIANTS)
     duration = round(0.5 * session_timeout, 2) if variant == "paused-owner" else 1.0
     return Fault(
         at,

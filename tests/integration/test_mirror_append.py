@@ -135,3 +135,50 @@ def test_mirror_topic_is_read_only_until_promoted(cluster: LocalCluster, zk: Kaz
     refused = mirror_append(stub, 3, source_batches(3, [1]))
     assert refused.error.code == ErrorCode.FENCED
     assert read_all(cluster, 3) == [(0, b"v0"), (1, b"v1"), (2, b"local")]
+
+
+def test_a_skip_restarts_the_target_empty_at_the_sources_log_start(
+    cluster: LocalCluster, zk: KazooClient
+) -> None:
+    """Issue 12 §2: the source deleted [5, 20) before it was copied; the skip moves the
+    target's log start to 20 (only if it still ends at 5) and appends continue there."""
+    TopicStore(zk).create("orders", 1, TopicConfig(), int(time.time() * 1000), mirror=MIRROR)
+    stub = owner_stub(cluster)
+    assert mirror_append(stub, 0, source_batches(0, [5])).log_end == 5
+
+    def skip(skip_from: int, to: int, records: bytes = b"") -> pb.MirrorAppendResponse:
+        response: pb.MirrorAppendResponse = stub.MirrorAppend(
+            pb.MirrorAppendRequest(
+                topic="orders",
+                partition=0,
+                expected_offset=to,
+                link="A:B",
+                mirror_epoch=1,
+                records=records,
+                skip_from=skip_from,
+            ),
+            timeout=30,
+        )
+        return response
+
+    stale = skip(3, 20)  # the worker's view of the end is stale
+    assert (stale.error.code, stale.error.log_end) == (ErrorCode.GAP, 5)
+    carrying = skip(5, 20, source_batches(20, [1])[0])
+    assert carrying.error.code == ErrorCode.INVALID_ARGUMENT
+    assert "records: a mirror skip" in carrying.error.message
+    assert skip(5, 20).log_end == 20
+    assert (skip(5, 20).error.code, skip(5, 20).log_end) == (0, 20)  # a retry: done
+    assert mirror_append(stub, 20, source_batches(20, [2])).log_end == 22
+    with Admin(cluster.bootstrap) as admin:
+        partition = admin.describe_topic("orders").partitions[0]
+    assert (partition.log_start, partition.log_end) == (20, 22)
+    consumer = Consumer(cluster.bootstrap, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition("orders", 0)])
+        got: list = []
+        deadline = time.monotonic() + 20
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.extend(consumer.poll(0.5))
+    finally:
+        consumer.close()
+    assert [(m.offset, m.value) for m in got] == [(20, b"v20"), (21, b"v21")]

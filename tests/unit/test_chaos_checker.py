@@ -385,6 +385,7 @@ def recreated_history(final: list[str], *, late_ack_at: int = 1) -> list[dict[st
         ev("send", value="retried", partition=0, t=9.5),
         ev("nemesis", kind="recreate", phase="start", t=10.0),
         ev("nemesis", kind="recreate", phase="recreated", incarnation="i2", t=11.0),
+        {"t": 11.5, "type": "nemesis", "kind": "recreate", "phase": "end", "proc": "runner"},
         ev("send", value="new", partition=0, t=12.0),
         ev("ack", value="new", partition=0, offset=0, t=12.1),
         ev("ack", value="retried", partition=0, offset=late_ack_at, t=12.2),
@@ -412,3 +413,14 @@ def test_acks_of_a_deleted_incarnation_are_gone_and_must_not_be_served() -> None
         "phantom": 1,
         "fenced-ack": 1,
     }
+
+
+def test_a_recreate_schedule_pauses_less_than_a_session() -> None:
+    from chaos.nemesis import RECREATE_PARTITIONS, make_schedule
+
+    schedule = make_schedule(606, 60.0, ["recreate", "kill", "pause"], 4.0, 6)
+    recreates = [f for f in schedule if f.kind == "recreate"]
+    assert {f.params["variant"] for f in recreates[:2]} == {"plain", "paused-owner"}
+    for fault in recreates:
+        assert 0 <= fault.params["partition"] < RECREATE_PARTITIONS
+        assert fault.duration < 4.0  # a paused owner keeps its session
