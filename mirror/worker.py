@@ -37,6 +37,7 @@ from talos.coord.topics import TopicMeta, TopicStore
 from talos.coord.zk import connect, dumps, loads, zk_errors
 from talos.errors import (
     CorruptBatch,
+    Gap,
     InvalidArgument,
     OffsetOutOfRange,
     TalosError,
@@ -385,6 +386,8 @@ class PartitionTask:
             daemon=True,
         )
         self._path = progress_path(ctx.link.name, plan.target_topic, partition)
+        #: a skip sent without an answer: (action, position, log_start)
+        self._unresolved_skip: tuple[GapAction, int, int] | None = None
         self._label = f"{plan.source_topic}/{partition} -> {plan.target_topic}/{partition}"
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -476,6 +479,7 @@ class PartitionTask:
                 if target_end is None or ctx.reader.changed(source_topic, p):
                     target_end = position = ctx.target.log_end(target_topic, p)
                     self.progress.set_target(target_end)
+                    self._settle_skip(target_end)
                     problem = self.plan.diverged or self._continuity(target_end)
                     if problem:
                         self._diverge(problem)
@@ -643,14 +647,26 @@ class PartitionTask:
         )
         if reply.error is not None:
             log.info("%s: could not move the target to %d: %s", self._label, log_start, reply.error)
+            if not isinstance(reply.error, Gap):  # no answer: it may have landed
+                self._unresolved_skip = (action, position, log_start)
             return False
+        self._skipped(action, position, log_start)
+        return True
+
+    def _settle_skip(self, target_end: int) -> None:
+        """A skip whose answer was lost landed if the target now ends at its start."""
+        unresolved, self._unresolved_skip = self._unresolved_skip, None
+        if unresolved is not None and target_end == unresolved[2]:
+            self._skipped(*unresolved)
+
+    def _skipped(self, action: GapAction, position: int, log_start: int) -> None:
         if action == "start":
             log.info(
                 "%s: first copy: the source starts at %d, so the target does too",
                 self._label,
                 log_start,
             )
-            return True
+            return
         gap = self.progress.skipped_gap(position, log_start)
         self.progress.gap = None
         log.warning(
@@ -663,7 +679,6 @@ class PartitionTask:
             log_start,
         )
         self._report(force=True)
-        return True
 
     def _diverge(self, problem: str) -> None:
         """Stop this partition for good: nothing more is appended until a resync."""
