@@ -23,7 +23,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from talos import metrics
 from talos.clock import Clock
@@ -928,7 +928,7 @@ def retention_cut(
     return cut
 
 
-def decide_skip(log_end: int, skip_from: int, skip_to: int) -> str | TalosError:
+def decide_skip(log_end: int, skip_from: int, skip_to: int) -> Literal["skip", "done"] | TalosError:
     """What a mirror's skip request does to a log that ends at ``log_end``.
 
     "skip": the log still ends where the mirror saw it (``skip_from``), so it
