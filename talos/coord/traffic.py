@@ -1,0 +1,308 @@
+"""Per-partition traffic: brokers measure it, report it to ZooKeeper, and others read it.
+
+Each broker counts the bytes its partitions take in (produce, mirror
+appends) and hand out (fetch) in a :class:`ByteCounter` per partition log.
+Every ``interval`` seconds a :class:`TrafficReporter` turns the counters
+into rates over the last interval and writes them, one small JSON value, to
+its own ephemeral znode ``/traffic/<broker>`` (a dead broker's report
+vanishes with its session). One write per broker per interval keeps
+ZooKeeper off the per-message path.
+
+Readers: the controller weights partitions by these rates when it balances
+the assignment (:func:`partition_traffic` merges the reports), quota
+approval can subtract the traffic measured over the last interval, and
+``talos cluster load`` shows them. :func:`read_broker_traffic` is the one
+read API; :class:`BrokerTraffic` the typed value it returns.
+
+Znode value (JSON): ``{"at_ms": wall ms of the measurement, "interval_s":
+seconds measured, "partitions": {"<topic>/<partition>": [produce B/s,
+fetch B/s], ...}}``. About 30 bytes a partition: ZooKeeper's 1 MiB value
+limit is reached near 30K partitions on one broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from talos.clock import SYSTEM_CLOCK, Clock
+from talos.coord import paths
+from talos.coord.zk import dumps, loads, zk_errors
+from talos.errors import CoordinationError, InvalidArgument, TalosError
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+#: Default seconds between two reports of a broker (and between two balancing rounds).
+DEFAULT_INTERVAL_S = 10.0
+MIN_INTERVAL_S = 0.1
+MAX_INTERVAL_S = 3600.0
+
+
+def validate_interval(value: object, param: str = "traffic_interval_s") -> float:
+    """Seconds between reports: a finite number in [0.1, 3600]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S
+    ):
+        raise InvalidArgument(
+            f"{param}: must be a number of seconds between {MIN_INTERVAL_S} and "
+            f"{MAX_INTERVAL_S}, got {value!r}"
+        )
+    return float(value)
+
+
+class ByteCounter:
+    """Cumulative bytes into and out of one partition log since ``since`` (monotonic s).
+
+    Produce runs on the event loop, fetches on threads: a lock keeps the sums exact.
+    """
+
+    __slots__ = ("_fetched", "_lock", "_produced", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self._lock = threading.Lock()
+        self._produced = 0
+        self._fetched = 0
+
+    def produced(self, nbytes: int) -> None:
+        with self._lock:
+            self._produced += nbytes
+
+    def fetched(self, nbytes: int) -> None:
+        with self._lock:
+            self._fetched += nbytes
+
+    def totals(self) -> tuple[int, int]:
+        """(produced, fetched) bytes so far."""
+        with self._lock:
+            return self._produced, self._fetched
+
+
+@dataclass(frozen=True)
+class PartitionRate:
+    """Bytes per second of one partition over the last interval."""
+
+    produce: float
+    fetch: float
+
+    @property
+    def total(self) -> float:
+        return self.produce + self.fetch
+
+
+@dataclass(frozen=True)
+class BrokerTraffic:
+    """One broker's last report: the rates of the partitions it owned then."""
+
+    broker: str
+    at_ms: int
+    interval_s: float
+    partitions: dict[Partition, PartitionRate] = field(default_factory=dict)
+
+    @property
+    def produce_bytes_per_s(self) -> float:
+        return sum(rate.produce for rate in self.partitions.values())
+
+    @property
+    def fetch_bytes_per_s(self) -> float:
+        return sum(rate.fetch for rate in self.partitions.values())
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.produce_bytes_per_s + self.fetch_bytes_per_s
+
+    def encode(self) -> bytes:
+        return dumps(
+            {
+                "at_ms": self.at_ms,
+                "interval_s": round(self.interval_s, 3),
+                "partitions": {
+                    paths.partition_key(t, p): [round(r.produce, 1), round(r.fetch, 1)]
+                    for (t, p), r in sorted(self.partitions.items())
+                },
+            }
+        )
+
+    @classmethod
+    def decode(cls, broker: str, data: bytes | None) -> BrokerTraffic:
+        raw: Any = loads(data, f"traffic of broker {broker}")
+        try:
+            rates = {
+                paths.parse_partition_key(key): PartitionRate(float(value[0]), float(value[1]))
+                for key, value in raw["partitions"].items()
+            }
+            return cls(broker, int(raw["at_ms"]), float(raw["interval_s"]), rates)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CoordinationError(f"traffic of broker {broker}: malformed ({exc!r})") from None
+
+
+class TrafficWindow:
+    """Turns cumulative counters into rates over the time since the previous look.
+
+    A partition first seen in this window (taken over meanwhile) is measured from
+    its counter's start, so a new owner does not report a diluted rate.
+    """
+
+    def __init__(self, started: float) -> None:
+        self._last = started
+        self._seen: dict[Partition, tuple[ByteCounter, int, int]] = {}
+
+    def advance(
+        self, counters: Mapping[Partition, ByteCounter], now: float
+    ) -> tuple[float, dict[Partition, PartitionRate]]:
+        """(seconds measured, the rate of every partition in ``counters``)."""
+        rates: dict[Partition, PartitionRate] = {}
+        seen: dict[Partition, tuple[ByteCounter, int, int]] = {}
+        for key, counter in counters.items():
+            produced, fetched = counter.totals()
+            before = self._seen.get(key)
+            if before is not None and before[0] is counter:
+                base_p, base_f, start = before[1], before[2], self._last
+            else:  # a new partition log: measured from its own start
+                base_p, base_f, start = 0, 0, max(self._last, counter.since)
+            elapsed = now - start
+            if elapsed > 0:
+                rates[key] = PartitionRate(
+                    (produced - base_p) / elapsed, (fetched - base_f) / elapsed
+                )
+            else:
+                rates[key] = PartitionRate(0.0, 0.0)
+            seen[key] = (counter, produced, fetched)
+        measured = now - self._last
+        self._seen = seen
+        self._last = now
+        return measured, rates
+
+
+def partition_traffic(
+    reports: Mapping[str, BrokerTraffic],
+    owners: Mapping[Partition, str],
+    now_ms: int,
+    max_age_ms: int,
+) -> dict[Partition, float]:
+    """The bytes/s of every reported partition, one figure each (a pure decision).
+
+    A partition's current owner knows best; right after a move the owner may not
+    have reported it yet, so the newest other report that has it stands in
+    (traffic follows the partition). Reports older than ``max_age_ms`` are ignored.
+    """
+    fresh = [r for r in reports.values() if now_ms - r.at_ms <= max_age_ms]
+    fresh.sort(key=lambda r: (r.at_ms, r.broker))
+    result: dict[Partition, float] = {}
+    from_owner: set[Partition] = set()
+    for report in fresh:  # oldest first: newer reports overwrite
+        for key, rate in report.partitions.items():
+            if owners.get(key) == report.broker:
+                result[key] = rate.total
+                from_owner.add(key)
+            elif key not in from_owner:
+                result[key] = rate.total
+    return result
+
+
+def read_broker_traffic(zk: KazooClient) -> dict[str, BrokerTraffic]:
+    """Every live broker's last report, by broker id (a malformed one is skipped, logged)."""
+    result: dict[str, BrokerTraffic] = {}
+    with zk_errors("reading broker traffic"):
+        try:
+            children = zk.get_children(paths.TRAFFIC)
+        except NoNodeError:
+            return {}
+        for broker in sorted(children):
+            try:
+                data, _stat = zk.get(paths.traffic(broker))
+            except NoNodeError:
+                continue  # its session ended meanwhile
+            try:
+                result[broker] = BrokerTraffic.decode(broker, data)
+            except CoordinationError as exc:
+                log.warning("%s", exc)
+    return result
+
+
+def write_broker_traffic(zk: KazooClient, report: BrokerTraffic) -> None:
+    """Set the broker's ephemeral report znode, creating it (and /traffic) if needed."""
+    path = paths.traffic(report.broker)
+    data = report.encode()
+    with zk_errors(f"reporting the traffic of broker {report.broker}"):
+        try:
+            zk.set(path, data)
+            return
+        except NoNodeError:
+            pass
+        zk.ensure_path(paths.TRAFFIC)
+        try:
+            zk.create(path, data, ephemeral=True)
+        except NodeExistsError:  # created meanwhile (a previous session not yet expired)
+            zk.set(path, data)
+
+
+class TrafficReporter:
+    """Writes this broker's per-partition rates every ``interval_s`` seconds.
+
+    ``counters`` returns the counters of the partitions the broker serves now.
+    """
+
+    def __init__(
+        self,
+        zk: KazooClient,
+        broker_id: str,
+        counters: Callable[[], Mapping[Partition, ByteCounter]],
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._zk = zk
+        self._broker_id = broker_id
+        self._counters = counters
+        self._interval = validate_interval(interval_s)
+        self._clock = clock
+        self._window = TrafficWindow(clock.monotonic())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: The last report written (None before the first).
+        self.last: BrokerTraffic | None = None
+
+    def measure(self) -> BrokerTraffic:
+        """The rates since the previous measurement (advances the window)."""
+        measured, rates = self._window.advance(self._counters(), self._clock.monotonic())
+        return BrokerTraffic(self._broker_id, self._clock.wall_ms(), measured, rates)
+
+    def report_once(self) -> BrokerTraffic:
+        report = self.measure()
+        write_broker_traffic(self._zk, report)
+        self.last = report
+        return report
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"talos-traffic-{self._broker_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.report_once()
+            except TalosError as exc:  # ZooKeeper away: the next interval tries again
+                log.warning("broker %s: %s", self._broker_id, exc)
+            except Exception:
+                log.exception("broker %s: traffic report failed", self._broker_id)
+
