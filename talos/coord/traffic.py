@@ -305,4 +305,3 @@ class TrafficReporter:
                 log.warning("broker %s: %s", self._broker_id, exc)
             except Exception:
                 log.exception("broker %s: traffic report failed", self._broker_id)
-
