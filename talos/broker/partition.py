@@ -181,7 +181,7 @@ class PartitionLog:
         self._waiters: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()  # set (on the loop) once serving or given up
         #: Bytes in and out of this partition while this broker holds it (placement by load).
-        self.traffic = ByteCounter(clock.monotonic())
+        self.traffic = ByteCounter(clock.monotonic)
 
     # ---- called on the event loop -------------------------------------------
 

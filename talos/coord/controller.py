@@ -39,7 +39,8 @@ from talos.coord.assignment import (
 from talos.coord.brokers import validate_broker_id
 from talos.coord.traffic import (
     DEFAULT_INTERVAL_S,
-    partition_traffic,
+    TrafficFigure,
+    merge_traffic,
     read_broker_traffic,
     validate_interval,
 )
@@ -199,6 +200,7 @@ class Controller:
         self._max_moves = max_moves_per_round
         self._balance = balance
         self._next_round = 0.0  # monotonic time of the next balancing round
+        self._known: dict[Partition, TrafficFigure] = {}  # latest bytes/s per partition
         #: Balancing rounds run and partitions they moved, since this process started.
         self.rounds = 0
         self.moves = 0
@@ -278,6 +280,7 @@ class Controller:
             term = self._term
             self._session_lost = False
             self._brokers, self._topic_partitions, self._watched_topics = [], {}, set()
+            self._known = {}
             if self._balance is not None:  # let every broker report once first
                 self._next_round = self._clock.monotonic() + self._balance.interval_s
         self._zk.add_listener(self._on_state)
@@ -386,7 +389,8 @@ class Controller:
             else:
                 max_age_ms = int(REPORT_MAX_AGE_INTERVALS * balance.interval_s * 1000)
                 reports = read_broker_traffic(self._zk)
-                traffic = partition_traffic(reports, stored.assignment.owners, now_ms, max_age_ms)
+                self._known = merge_traffic(self._known, reports, now_ms, max_age_ms)
+                traffic = {p: figure.bytes_per_s for p, figure in self._known.items()}
                 due = self._clock.monotonic() >= self._next_round
                 max_moves, epsilon = (balance.max_moves if due else 0), balance.epsilon
             plan = plan_assignment(

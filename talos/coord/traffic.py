@@ -9,7 +9,7 @@ vanishes with its session). One write per broker per interval keeps
 ZooKeeper off the per-message path.
 
 Readers: the controller weights partitions by these rates when it balances
-the assignment (:func:`partition_traffic` merges the reports), quota
+the assignment (:func:`merge_traffic` keeps the newest figure of each), quota
 approval can subtract the traffic measured over the last interval, and
 ``talos cluster load`` shows them. :func:`read_broker_traffic` is the one
 read API; :class:`BrokerTraffic` the typed value it returns.
@@ -63,15 +63,21 @@ def validate_interval(value: object, param: str = "traffic_interval_s") -> float
 
 
 class ByteCounter:
-    """Cumulative bytes into and out of one partition log since ``since`` (monotonic s).
+    """Cumulative bytes into and out of one partition log, and when the first came.
 
-    Produce runs on the event loop, fetches on threads: a lock keeps the sums exact.
+    A rate is measured from the first byte on (see :class:`TrafficWindow`), so a
+    partition just taken over is not diluted by the takeover and the clients'
+    re-routing. Produce runs on the event loop, fetches on threads: a lock keeps
+    the sums exact.
     """
 
-    __slots__ = ("_fetched", "_lock", "_produced", "since")
+    __slots__ = ("_fetched", "_lock", "_now", "_produced", "created", "first_byte")
 
-    def __init__(self, since: float) -> None:
-        self.since = since
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self.created = now()
+        #: Monotonic time of the first byte counted (None: idle so far).
+        self.first_byte: float | None = None
         self._lock = threading.Lock()
         self._produced = 0
         self._fetched = 0
@@ -79,10 +85,14 @@ class ByteCounter:
     def produced(self, nbytes: int) -> None:
         with self._lock:
             self._produced += nbytes
+            if self.first_byte is None and nbytes:
+                self.first_byte = self._now()
 
     def fetched(self, nbytes: int) -> None:
         with self._lock:
             self._fetched += nbytes
+            if self.first_byte is None and nbytes:
+                self.first_byte = self._now()
 
     def totals(self) -> tuple[int, int]:
         """(produced, fetched) bytes so far."""
@@ -151,18 +161,21 @@ class BrokerTraffic:
 class TrafficWindow:
     """Turns cumulative counters into rates over the time since the previous look.
 
-    A partition first seen in this window (taken over meanwhile) is measured from
-    its counter's start, so a new owner does not report a diluted rate.
+    A partition log new in this window (taken over meanwhile) is measured from its
+    first byte, and left out of the report until that is at least ``min_measured_s``
+    ago: a short measurement says little, and the previous figure (reported by the
+    old owner) serves meanwhile. An idle new log reports 0 once it is that old.
     """
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, min_measured_s: float = 0.0) -> None:
         self._last = started
+        self._min = min_measured_s
         self._seen: dict[Partition, tuple[ByteCounter, int, int]] = {}
 
     def advance(
         self, counters: Mapping[Partition, ByteCounter], now: float
     ) -> tuple[float, dict[Partition, PartitionRate]]:
-        """(seconds measured, the rate of every partition in ``counters``)."""
+        """(seconds since the previous look, the rates of the partitions measured long enough)."""
         rates: dict[Partition, PartitionRate] = {}
         seen: dict[Partition, tuple[ByteCounter, int, int]] = {}
         for key, counter in counters.items():
@@ -170,8 +183,11 @@ class TrafficWindow:
             before = self._seen.get(key)
             if before is not None and before[0] is counter:
                 base_p, base_f, start = before[1], before[2], self._last
-            else:  # a new partition log: measured from its own start
-                base_p, base_f, start = 0, 0, max(self._last, counter.since)
+            else:  # a log not reported yet: every byte it counted came after its first
+                base_p, base_f = 0, 0
+                start = counter.created if counter.first_byte is None else counter.first_byte
+                if now - start < self._min:
+                    continue  # not yet: counted from its start at the next look
             elapsed = now - start
             if elapsed > 0:
                 rates[key] = PartitionRate(
@@ -186,29 +202,36 @@ class TrafficWindow:
         return measured, rates
 
 
-def partition_traffic(
+@dataclass(frozen=True)
+class TrafficFigure:
+    """The latest bytes/s known for one partition, and who measured it when."""
+
+    bytes_per_s: float
+    at_ms: int
+    broker: str
+
+
+def merge_traffic(
+    known: Mapping[Partition, TrafficFigure],
     reports: Mapping[str, BrokerTraffic],
-    owners: Mapping[Partition, str],
     now_ms: int,
     max_age_ms: int,
-) -> dict[Partition, float]:
-    """The bytes/s of every reported partition, one figure each (a pure decision).
+) -> dict[Partition, TrafficFigure]:
+    """The newest figure of every partition (a pure decision).
 
-    A partition's current owner knows best; right after a move the owner may not
-    have reported it yet, so the newest other report that has it stands in
-    (traffic follows the partition). Reports older than ``max_age_ms`` are ignored.
+    Traffic follows the partition: right after a move the new owner has not
+    reported it yet, so the figure its old owner reported stands until a newer one
+    comes. Figures older than ``max_age_ms`` are dropped (a partition nobody
+    reports any more: deleted, or on a broker that stopped reporting).
     """
-    fresh = [r for r in reports.values() if now_ms - r.at_ms <= max_age_ms]
-    fresh.sort(key=lambda r: (r.at_ms, r.broker))
-    result: dict[Partition, float] = {}
-    from_owner: set[Partition] = set()
-    for report in fresh:  # oldest first: newer reports overwrite
+    result = {p: f for p, f in known.items() if now_ms - f.at_ms <= max_age_ms}
+    for report in sorted(reports.values(), key=lambda r: (r.at_ms, r.broker)):
+        if now_ms - report.at_ms > max_age_ms:
+            continue
         for key, rate in report.partitions.items():
-            if owners.get(key) == report.broker:
-                result[key] = rate.total
-                from_owner.add(key)
-            elif key not in from_owner:
-                result[key] = rate.total
+            current = result.get(key)
+            if current is None or report.at_ms >= current.at_ms:
+                result[key] = TrafficFigure(rate.total, report.at_ms, report.broker)
     return result
 
 
@@ -269,7 +292,7 @@ class TrafficReporter:
         self._counters = counters
         self._interval = validate_interval(interval_s)
         self._clock = clock
-        self._window = TrafficWindow(clock.monotonic())
+        self._window = TrafficWindow(clock.monotonic(), min_measured_s=self._interval / 2)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: The last report written (None before the first).
