@@ -237,7 +237,9 @@ class Broker:
         self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
         self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         if self.config.metrics_listen:
-            collector = metrics.BrokerCollector(self._partition_views, lambda: str(self.zk.state))
+            collector = metrics.BrokerCollector(
+                self._partition_views, lambda: str(self.zk.state), self._traffic_view
+            )
             self.metrics_address = metrics.serve(self.config.metrics_listen, collector)
             log.info(
                 "broker %s: metrics on http://%s/metrics", self.broker_id, self.metrics_address
@@ -367,6 +369,12 @@ class Broker:
         return {
             key: plog.traffic for key, plog in list(self.logs.items()) if plog.status == "serving"
         }
+
+    def _traffic_view(self) -> dict[tuple[str, int], tuple[float, float]]:
+        last = self.traffic.last
+        if last is None:
+            return {}
+        return {key: (rate.produce, rate.fetch) for key, rate in last.partitions.items()}
 
     def _partition_views(self) -> list[metrics.PartitionView]:
         return [

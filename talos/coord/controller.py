@@ -27,6 +27,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
 
+from talos import metrics
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
 from talos.coord.assignment import (
@@ -410,6 +411,7 @@ class Controller:
             if balance is not None and due and written:
                 self.rounds += 1
                 self.moves += len(plan.moves)
+                metrics.balance_moved(len(plan.moves))
                 for move in plan.moves:
                     log.info(
                         "controller %s: balancing round %d moves %s/%d from %s to %s (%.0f B/s)",

@@ -133,6 +133,14 @@ class BrokerTraffic:
     def bytes_per_s(self) -> float:
         return self.produce_bytes_per_s + self.fetch_bytes_per_s
 
+    def by_topic(self) -> dict[str, PartitionRate]:
+        """Produce and fetch bytes/s summed per topic (per-topic quotas)."""
+        sums: dict[str, tuple[float, float]] = {}
+        for (topic, _partition), rate in self.partitions.items():
+            produce, fetch = sums.get(topic, (0.0, 0.0))
+            sums[topic] = (produce + rate.produce, fetch + rate.fetch)
+        return {topic: PartitionRate(p, f) for topic, (p, f) in sorted(sums.items())}
+
     def encode(self) -> bytes:
         return dumps(
             {

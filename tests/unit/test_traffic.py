@@ -100,6 +100,7 @@ def test_report_round_trips_through_its_znode_value() -> None:
     )
     assert BrokerTraffic.decode("b1", report.encode()) == report
     assert report.produce_bytes_per_s == 1.5 and report.bytes_per_s == 3.5
+    assert report.by_topic() == {"a/b": PartitionRate(0, 0), "orders": PartitionRate(1.5, 2.0)}
 
 
 @pytest.mark.parametrize(
