@@ -407,27 +407,38 @@ def _balance_arguments(broker: argparse.ArgumentParser) -> None:
     )
     from talos.coord.traffic import DEFAULT_INTERVAL_S, validate_interval
 
-    broker.add_argument(
-        "--traffic-interval-s",
-        type=_checked(validate_interval, "traffic-interval-s", float),
-        default=DEFAULT_INTERVAL_S,
-        help="seconds between two traffic reports of this broker, and between two "
-        f"balancing rounds of the controller (default {DEFAULT_INTERVAL_S})",
-    )
-    broker.add_argument(
-        "--balance-epsilon",
-        type=_checked(validate_epsilon, "balance-epsilon", float),
-        default=DEFAULT_EPSILON,
-        help="the controller keeps every broker's bytes/s within (1+EPSILON) x the mean "
-        f"(default {DEFAULT_EPSILON})",
-    )
-    broker.add_argument(
-        "--max-moves-per-round",
-        type=_checked(validate_max_moves, "max-moves-per-round", int),
-        default=DEFAULT_MAX_MOVES,
-        help="partitions a balancing round may move, each a takeover; 0: traffic only "
-        f"guides where new and orphaned partitions go (default {DEFAULT_MAX_MOVES})",
-    )
+    flags: list[tuple[str, Callable[[Any, str], Any], type, object, str]] = [
+        (
+            "traffic-interval-s",
+            validate_interval,
+            float,
+            DEFAULT_INTERVAL_S,
+            "seconds between two traffic reports of this broker, and between two "
+            "balancing rounds of the controller",
+        ),
+        (
+            "balance-epsilon",
+            validate_epsilon,
+            float,
+            DEFAULT_EPSILON,
+            "the controller keeps every broker's bytes/s within (1+EPSILON) x the mean",
+        ),
+        (
+            "max-moves-per-round",
+            validate_max_moves,
+            int,
+            DEFAULT_MAX_MOVES,
+            "partitions a balancing round may move, each a takeover; 0: traffic only "
+            "guides where new and orphaned partitions go",
+        ),
+    ]
+    for name, validate, kind, default, text in flags:
+        broker.add_argument(
+            f"--{name}",
+            type=_checked(validate, name, kind),
+            default=default,
+            help=f"{text} (default {default})",
+        )
 
 
 def _installed_version() -> str:

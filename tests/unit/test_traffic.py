@@ -150,3 +150,53 @@ def test_load_view_shows_each_broker_against_the_mean() -> None:
     assert rows["b2"].partitions == 2 and rows["b2"].report_age_s == 2.0
     assert rows["b3"].report_age_s is None and rows["b3"].bytes_per_s == 0.0
     assert not rows["gone"].live and rows["gone"].partitions == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--balance-epsilon", "0", "balance-epsilon: must be a number > 0 and <= 10.0, got 0.0"),
+        ("--balance-epsilon", "nan", "balance-epsilon: must be a number > 0"),
+        ("--traffic-interval-s", "0.01", "traffic-interval-s: must be a number of seconds"),
+        ("--traffic-interval-s", "soon", "traffic-interval-s: must be a number, got 'soon'"),
+        ("--max-moves-per-round", "-1", "max-moves-per-round: must be an integer between 0"),
+        ("--max-moves-per-round", "2.5", "max-moves-per-round: must be an integer, got '2.5'"),
+    ],
+)
+def test_broker_refuses_bad_placement_flags(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from talos.cli import build_parser
+
+    argv = ["broker", "--zookeeper", "zk:2181", "--id", "b1", "--data-dir", "d", flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_broker_placement_flags_reach_the_config() -> None:
+    from talos.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "broker",
+            "--zookeeper",
+            "zk:2181",
+            "--id",
+            "b1",
+            "--data-dir",
+            "d",
+            "--traffic-interval-s",
+            "2.5",
+            "--balance-epsilon",
+            "0.3",
+            "--max-moves-per-round",
+            "0",
+        ]
+    )
+    assert (args.traffic_interval_s, args.balance_epsilon, args.max_moves_per_round) == (
+        2.5,
+        0.3,
+        0,
+    )

@@ -304,3 +304,15 @@ def test_bad_epsilon_is_refused(epsilon: object) -> None:
 def test_bad_max_moves_is_refused(max_moves: object) -> None:
     with pytest.raises(InvalidArgument, match="max_moves: must be an integer between 0"):
         plan_rebalance({}, {}, B3, 0.1, max_moves)  # type: ignore[arg-type]
+
+
+def test_controller_balance_settings_are_checked_when_made() -> None:
+    from talos.coord.controller import Balance
+
+    assert Balance(0.2, 1.0, 0).max_moves == 0
+    with pytest.raises(InvalidArgument, match="balance_epsilon"):
+        Balance(epsilon=0)
+    with pytest.raises(InvalidArgument, match="traffic_interval_s"):
+        Balance(interval_s=0)
+    with pytest.raises(InvalidArgument, match="max_moves_per_round"):
+        Balance(max_moves=-1)
