@@ -33,7 +33,7 @@ from talos.testing.zookeeper import ZooKeeperServer
 pytestmark = pytest.mark.integration
 
 INTERVAL_S = 1.0
-EPSILON = 0.25
+EPSILON = 0.3
 MAX_MOVES = 2
 HOT, COLD = 6, 6
 VALUE_BYTES = 5_000
