@@ -92,7 +92,7 @@ class PacedProducer:
 
 def read_everything(
     bootstrap: str, ends: dict[tuple[str, int], int]
-) -> dict[tuple[str, int], dict]:
+) -> dict[tuple[str, int], dict[int, bytes]]:
     consumer = Consumer(bootstrap, auto_offset_reset="earliest", fetch_max_bytes=4 * 1024 * 1024)
     found: dict[tuple[str, int], dict[int, bytes]] = {key: {} for key in ends}
     try:

@@ -38,7 +38,9 @@ def hot_and_cold(hot: int = 6, cold: int = 30) -> tuple[list[Partition], dict[Pa
     return partitions, traffic
 
 
-def loads_of(owners: Owners, traffic: Mapping[Partition, float], brokers: list[str]) -> dict:
+def loads_of(
+    owners: Owners, traffic: Mapping[Partition, float], brokers: list[str]
+) -> dict[str, float]:
     return broker_loads(owners, partition_weights(owners, traffic), brokers)
 
 
