@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from talos.coord.traffic import BrokerTraffic
+from talos.errors import TalosError
 
 Partition = tuple[str, int]
 
@@ -85,6 +86,11 @@ def cmd_cluster_load(args: argparse.Namespace) -> int:
     finally:
         zk.stop()
         zk.close()
+    if not live and not owners and not reports:
+        raise TalosError(
+            f"cluster {args.cluster!r}: no live broker, assignment or traffic report in "
+            f"ZooKeeper at {args.zookeeper} (is --cluster right?)"
+        )
     rows = load_view(owners, reports, live, SYSTEM_CLOCK.wall_ms())
     if args.json:
         out: dict[str, Any] = {"controller": controller, "brokers": [asdict(r) for r in rows]}

@@ -387,11 +387,13 @@ def plan_rebalance(
       ``max_moves`` is used up), so small swings of traffic do not make
       partitions flap.
     - Each move takes a partition from the most loaded broker to the least
-      loaded one, and only if that lowers the larger of their two loads: the
-      sum of squared loads strictly falls, so rounds on unchanged traffic
-      reach a fixed point and never undo each other. A partition hotter than
-      the gap stays put (an indivisible hot partition ends up alone, not
-      bounced around).
+      loaded one, and only if the receiver then carries at least epsilon
+      times the mean less than the donor did: the sum of squared loads
+      strictly falls, so rounds on unchanged traffic reach a fixed point, and
+      undoing a move would take a swing of traffic larger than that margin
+      (two similar partitions are never swapped back and forth on noise). A
+      partition hotter than the gap stays put (an indivisible hot partition
+      ends up alone, not bounced around).
     - The partition chosen brings the two loads closest together.
     - Partitions of brokers not in ``live_brokers`` (reserved during the
       reassign delay) neither move nor count.
@@ -408,6 +410,7 @@ def plan_rebalance(
         return []
     mean = sum(loads.values()) / len(live)
     high, low = (1 + epsilon / 2) * mean, mean / (1 + epsilon / 2)
+    margin = epsilon * mean
     holdings: dict[str, list[Partition]] = {b: [] for b in live}
     for partition in _order(mine):
         holdings[mine[partition]].append(partition)
@@ -417,9 +420,10 @@ def plan_rebalance(
         receiver = min(live, key=lambda b: (loads[b], b))
         move = None
         for donor in sorted(live, key=lambda b: (-loads[b], b)):
-            gap = loads[donor] - loads[receiver]
-            fits = [p for p in holdings[donor] if p not in moved and weights[p] < gap]
+            room = loads[donor] - loads[receiver] - margin
+            fits = [p for p in holdings[donor] if p not in moved and weights[p] <= room]
             if fits:
+                gap = loads[donor] - loads[receiver]
                 best = min(fits, key=lambda p: abs(gap - 2 * weights[p]))
                 move = Move(best, donor, receiver, weights[best])
                 break

@@ -10,9 +10,10 @@ overwrite its successor's assignment.
 With a :class:`Balance`, the controller weighs partitions by the bytes/s the
 brokers report (coord/traffic.py): new and orphaned partitions are placed by
 load at once, and every ``interval_s`` a balancing round moves at most
-``max_moves`` partitions (each costs a takeover). After a round that moved
-something the next one waits two intervals, so the new owners have reported
-a full interval before the loads are judged again.
+``max_moves`` partitions (each costs a takeover). After any change of owners
+the next round waits two intervals, so the new owners have measured before
+the loads are judged again, and no round runs while a live broker has not
+reported lately (its partitions' traffic is unknown, not zero).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from talos.coord.traffic import (
     TrafficFigure,
     merge_traffic,
     read_broker_traffic,
+    unreported,
     validate_interval,
 )
 from talos.coord.zk import dumps, loads, txn_failure, zk_errors
@@ -202,6 +204,7 @@ class Controller:
         self._balance = balance
         self._next_round = 0.0  # monotonic time of the next balancing round
         self._known: dict[Partition, TrafficFigure] = {}  # latest bytes/s per partition
+        self._silent: list[str] = []  # live brokers without a fresh report, last looked
         #: Balancing rounds run and partitions they moved, since this process started.
         self.rounds = 0
         self.moves = 0
@@ -393,6 +396,15 @@ class Controller:
                 self._known = merge_traffic(self._known, reports, now_ms, max_age_ms)
                 traffic = {p: figure.bytes_per_s for p, figure in self._known.items()}
                 due = self._clock.monotonic() >= self._next_round
+                silent = unreported(brokers, reports, now_ms, max_age_ms)
+                if due and silent:
+                    # Judging loads without a broker's figures would take its partitions
+                    # for idle and move toward it: wait for its report instead.
+                    if silent != self._silent:
+                        log.info("controller %s: balancing waits for %s", self._broker_id, silent)
+                    due = False
+                    self._next_round = self._clock.monotonic() + min(TICK_S, balance.interval_s)
+                self._silent = silent
                 max_moves, epsilon = (balance.max_moves if due else 0), balance.epsilon
             plan = plan_assignment(
                 partitions,
@@ -422,8 +434,12 @@ class Controller:
                         move.target,
                         move.weight,
                     )
-                pause = (2 if plan.moves else 1) * balance.interval_s
-                self._next_round = self._clock.monotonic() + pause
+                self._next_round = self._clock.monotonic() + balance.interval_s
+            if balance is not None and written and plan.owners != stored.assignment.owners:
+                # New owners (moved, new or orphaned partitions) measure for a while before
+                # their figures say anything: judge the loads two intervals from now.
+                settle = self._clock.monotonic() + 2 * balance.interval_s
+                self._next_round = max(self._next_round, settle)
         return bool(plan.missing_since) or not plan.settled
 
     def _write(

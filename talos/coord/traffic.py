@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,6 +241,16 @@ def merge_traffic(
             if current is None or report.at_ms >= current.at_ms:
                 result[key] = TrafficFigure(rate.total, report.at_ms, report.broker)
     return result
+
+
+def unreported(
+    live_brokers: Iterable[str], reports: Mapping[str, BrokerTraffic], now_ms: int, max_age_ms: int
+) -> list[str]:
+    """The live brokers without a report younger than ``max_age_ms`` (just started, or
+    stalled): until they report, their partitions' traffic is unknown, not zero."""
+    return sorted(
+        b for b in set(live_brokers) if b not in reports or now_ms - reports[b].at_ms > max_age_ms
+    )
 
 
 def read_broker_traffic(zk: KazooClient) -> dict[str, BrokerTraffic]:

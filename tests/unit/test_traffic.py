@@ -12,6 +12,7 @@ from talos.coord.traffic import (
     TrafficFigure,
     TrafficWindow,
     merge_traffic,
+    unreported,
     validate_interval,
 )
 from talos.errors import CoordinationError, InvalidArgument
@@ -134,6 +135,12 @@ def test_merge_keeps_the_newest_figure_so_traffic_follows_a_moved_partition() ->
 
 def test_merge_ignores_stale_reports() -> None:
     assert merge_traffic({}, {"b1": report("b1", 1_000, hot=1.0)}, 10_000, 3_000) == {}
+
+
+def test_balancing_waits_for_live_brokers_that_have_not_reported_lately() -> None:
+    reports = {"b1": report("b1", 9_000), "b2": report("b2", 5_000), "gone": report("gone", 9_000)}
+    assert unreported(["b1", "b2", "b3"], reports, 10_000, 3_000) == ["b2", "b3"]
+    assert unreported(["b1"], reports, 10_000, 3_000) == []
 
 
 @pytest.mark.parametrize("value", [0, 0.01, -1, 3601, float("nan"), True, "1"])

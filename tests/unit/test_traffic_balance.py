@@ -109,8 +109,9 @@ def test_every_round_moves_at_most_max_moves() -> None:
 
 
 def test_random_traffic_reaches_a_fixed_point_and_each_move_lowers_the_spread() -> None:
-    """Each move takes load from a broker to a less loaded one without overshooting,
-    so the sum of squared loads falls with every move: rounds cannot undo each other."""
+    """Each move takes load from a broker to a less loaded one, which ends at least
+    eps x the mean below the donor's old load: the sum of squared loads falls with
+    every move, and rounds cannot undo each other."""
     rng = random.Random(13)
     for _ in range(30):
         brokers = [f"b{i}" for i in range(rng.randint(2, 6))]
@@ -127,7 +128,8 @@ def test_random_traffic_reaches_a_fixed_point_and_each_move_lowers_the_spread() 
                 owners = apply(owners, [move])
                 after = broker_loads(owners, weights, brokers)
                 assert sum(x * x for x in after.values()) < sum(x * x for x in before.values())
-                assert after[move.target] < before[move.source]
+                mean = sum(before.values()) / len(brokers)
+                assert after[move.target] <= before[move.source] - 0.1 * mean + 1e-6
 
 
 # -- hysteresis: no flapping ------------------------------------------------------------
@@ -151,8 +153,8 @@ def test_swings_inside_the_band_move_nothing() -> None:
 
 
 def test_once_out_of_the_band_it_balances_past_the_edge_into_a_tighter_band() -> None:
-    """Leaving the (1+eps) band starts moves that continue to the (1+eps/2) band, so
-    the next small swing does not cross the edge again."""
+    """Leaving the (1+eps) band starts moves that bring the busiest broker into the
+    (1+eps/2) band, so the next small swing does not cross the edge again."""
     partitions = [("t", p) for p in range(30)]
     owners = {p: B3[p[1] % 3] for p in partitions}
     traffic = dict.fromkeys(partitions, 100 * KB)
@@ -163,7 +165,9 @@ def test_once_out_of_the_band_it_balances_past_the_edge_into_a_tighter_band() ->
     assert imbalanced(loads, 0.1)
     moves = plan_rebalance(owners, traffic, B3, 0.1, max_moves=10)
     assert moves and all(m.source == "b0" for m in moves[:1])
-    assert within(loads_of(apply(owners, moves), traffic, B3), 0.05)
+    after = loads_of(apply(owners, moves), traffic, B3)
+    mean = sum(after.values()) / 3
+    assert within(after, 0.1) and max(after.values()) <= 1.05 * mean
 
 
 def test_a_partition_hotter_than_the_rest_together_ends_alone_and_stays() -> None:
@@ -187,6 +191,17 @@ def test_no_traffic_at_all_balances_by_partition_count() -> None:
     final, _rounds = run_rounds(owners, {}, B3, epsilon=0.1, max_moves=3)
     counts = sorted(list(final.values()).count(b) for b in B3)
     assert counts == [4, 4, 4]
+
+
+def test_two_similar_partitions_are_not_swapped_on_noise() -> None:
+    """b0 carries one 200 KB/s partition more than b1 and b2: moving it would only
+    swap the roles, whatever the figures wobble by (up to 4%)."""
+    owners = {("t", p): b for p, b in enumerate(["b0", "b0", "b0", "b1", "b1", "b2", "b2"])}
+    rng = random.Random(9)
+    for _ in range(100):
+        traffic = {p: 200 * KB * rng.uniform(0.96, 1.04) for p in owners}
+        assert imbalanced(loads_of(owners, traffic, B3), 0.1)  # 600 against a mean of 467
+        assert plan_rebalance(owners, traffic, B3, 0.1, max_moves=4) == []
 
 
 def test_an_off_by_one_count_that_no_move_can_improve_stays() -> None:
