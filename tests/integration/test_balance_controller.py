@@ -10,7 +10,6 @@ to see; the end-to-end test with broker processes is test_placement.py.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 import time
 
@@ -30,6 +29,7 @@ from talos.coord.traffic import BrokerTraffic, PartitionRate, write_broker_traff
 from talos.errors import TalosError
 
 from .test_coord import Connect, controllers, new_client, wait_for  # noqa: F401
+from .test_placement import hot_per_broker, moves_between
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +37,6 @@ INTERVAL_S = 0.3
 EPSILON = 0.3
 MAX_MOVES = 2
 HOT_RATE = 100_000.0
-
-
-def hot_counts(owners: dict[tuple[str, int], str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for (topic, _p), broker in owners.items():
-        if topic == "hot":
-            counts[broker] = counts.get(broker, 0) + 1
-    return counts
-
-
-def moves_between(history: list[Assignment]) -> list[list[tuple[str, int]]]:
-    return [
-        [p for p in after.owners if p in before.owners and before.owners[p] != after.owners[p]]
-        for before, after in itertools.pairwise(history)
-    ]
 
 
 def test_controller_moves_by_traffic_a_few_a_round_and_absorbs_a_leaving_broker(
@@ -96,14 +81,13 @@ def test_controller_moves_by_traffic_a_few_a_round_and_absorbs_a_leaving_broker(
     try:
         # Whatever the count-balanced start, the hot topic ends two a broker.
         wait_for(
-            lambda: hot_counts(read_assignment(admin).owners) == {"a": 2, "b": 2, "c": 2},
+            lambda: hot_per_broker(read_assignment(admin).owners) == {"a": 2, "b": 2, "c": 2},
             timeout=30,
             what="hot partitions spread by traffic",
         )
         time.sleep(5 * INTERVAL_S)
         settled = read_assignment(admin).version
-        rounds = [m for m in moves_between(list(seen)) if m]
-        assert all(len(m) <= MAX_MOVES for m in rounds)
+        assert all(len(m) <= MAX_MOVES for _v, m in moves_between(list(seen)))
         assert seen[-1].version == settled, "moved again after settling"
 
         # c leaves: its session ends, and with it its registration and its report.
@@ -119,10 +103,10 @@ def test_controller_moves_by_traffic_a_few_a_round_and_absorbs_a_leaving_broker(
         survivors_moved = [p for p in before if before[p] != "c" and after[p] != before[p]]
         assert len(survivors_moved) <= MAX_MOVES
         # c's hot partitions went one to a and one to b: bytes/s bound the placement.
-        assert hot_counts(after) == {"a": 3, "b": 3}
+        assert hot_per_broker(after) == {"a": 3, "b": 3}
         time.sleep(5 * INTERVAL_S)
         last = read_assignment(admin)
-        assert hot_counts(last.owners) == {"a": 3, "b": 3}
+        assert hot_per_broker(last.owners) == {"a": 3, "b": 3}
         assert controller.moves <= 8
     finally:
         stop.set()

@@ -106,6 +106,18 @@ def read_everything(
     return found
 
 
+def moves_between(history: list[Assignment]) -> list[tuple[int, list[tuple[str, int]]]]:
+    """(version, partitions whose owner changed) for every assignment that moved some."""
+    result = []
+    for before, after in itertools.pairwise(history):
+        moved = [
+            p for p in after.owners if p in before.owners and before.owners[p] != after.owners[p]
+        ]
+        if moved:
+            result.append((after.version, moved))
+    return result
+
+
 def hot_per_broker(owners: dict[tuple[str, int], str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for (topic, _p), broker in owners.items():
@@ -171,15 +183,7 @@ def test_a_hot_topic_spreads_in_few_rounds_with_bounded_moves_and_nothing_lost(
         acked = paced.stop()
         paced = None
 
-        moves_per_version = []
-        for before, after in itertools.pairwise(history):
-            moved = [
-                p
-                for p in after.owners
-                if p in before.owners and before.owners[p] != after.owners[p]
-            ]
-            if moved:
-                moves_per_version.append((after.version, moved))
+        moves_per_version = moves_between(history)
         total_moves = sum(len(m) for _v, m in moves_per_version)
         print(
             f"\nconverged {converged_s:.1f}s after the joins; {len(moves_per_version)} rounds, "
