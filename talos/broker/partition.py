@@ -29,6 +29,7 @@ from talos import metrics
 from talos.clock import Clock
 from talos.config import UNLIMITED, TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
+from talos.coord.traffic import ByteCounter
 from talos.errors import (
     CoordinationError,
     CorruptBatch,
@@ -199,6 +200,8 @@ class PartitionLog:
         self._retention_requested = False
         self._waiters: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()  # set (on the loop) once serving or given up
+        #: Bytes in and out of this partition while this broker holds it (placement by load).
+        self.traffic = ByteCounter(clock.monotonic)
 
     # ---- called on the event loop -------------------------------------------
 
@@ -223,6 +226,7 @@ class PartitionLog:
 
     def submit(self, data: bytes, header: BatchHeader) -> asyncio.Future[int]:
         self.executor.reserve(self.key, len(data))
+        self.traffic.produced(len(data))
         future: asyncio.Future[int] = self.loop.create_future()
         with self._lock:
             self._pending.append(PendingAppend(data, header, future))
@@ -234,6 +238,7 @@ class PartitionLog:
     ) -> asyncio.Future[int]:
         """Conditionally append source batches that keep their source offsets."""
         self.executor.reserve(self.key, len(data))
+        self.traffic.produced(len(data))
         future: asyncio.Future[int] = self.loop.create_future()
         with self._lock:
             self._pending.append(PendingAppend(data, headers[0], future, headers, expected_offset))
@@ -786,6 +791,11 @@ class PartitionLog:
 
     def read(self, offset: int, max_bytes: int) -> bytes:
         """Whole acknowledged batches from the one holding ``offset``."""
+        data = self._read(offset, max_bytes)
+        self.traffic.fetched(len(data))
+        return data
+
+    def _read(self, offset: int, max_bytes: int) -> bytes:
         committed, sealed, segment = self._committed, self._sealed, self._open
         if offset == committed.log_end:
             return b""

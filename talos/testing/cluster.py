@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class LocalCluster(Server):
         clock_offset_file: str = "",
         store: str = "",
         metrics: bool = False,
+        broker_args: Sequence[str] = (),
     ) -> None:
         self._own_dir = data_dir is None
         # hdfs://... puts the logs on HDFS; "" keeps them in <data_dir>/store (posix).
@@ -105,6 +107,7 @@ class LocalCluster(Server):
         # Brokers add the integer (ms) in this file to their wall clock (an injected clock).
         self.clock_offset_file = clock_offset_file
         self.metrics = metrics  # brokers serve /metrics on a free port each
+        self.broker_args = list(broker_args)  # more `talos broker` flags for every broker
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -152,6 +155,7 @@ class LocalCluster(Server):
                 if self.max_queued_bytes is not None
                 else []
             ),
+            *self.broker_args,
         ]
 
     def start(self, timeout: float | None = None) -> None:
