@@ -26,6 +26,20 @@ A *log* is one topic in one datacenter, keyed ``(dc, topic)``. The kinds:
   nobody destroyed on purpose: corruption reached the acknowledged log.
 - ``divergence``: per datacenter and partition, a copy whose final log is not
   equal to the source's final log (first differing offset and both lengths).
+- ``old-incarnation``: the final log of a topic the nemesis deleted and
+  recreated serves a value acknowledged by a deleted incarnation.
+
+A topic the nemesis deleted and recreated (``nemesis`` events of kind
+``recreate``: ``start`` when the delete begins, ``recreated`` once the new
+incarnation exists) has several incarnations; acknowledged writes of a deleted
+one are legitimately gone. Relative to the last recreate, a value is *current*
+when its send began after the new incarnation existed (nothing else can store
+it: the old one is fenced before it is deleted); it is checked as always
+(present at its acknowledged offset). It is *gone* when its ack came before
+the delete began: it must not be served by the final log. Anything between is
+*unknown* (acknowledged by either): missing is fine, but if the final log
+holds it, it must be at the acknowledged offset. A recreated topic has no live
+reader: an offset is reused across incarnations, so only the final drain reads it.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ ANOMALY_KINDS = (
     "corrupt-read",
     "mirror-mismatch",
     "divergence",
+    "old-incarnation",
 )
 
 #: How many anomalies of one kind are listed in full; the counts are always exact.
@@ -136,6 +151,10 @@ class _Log:
     # values the nemesis destroyed on purpose (corrupted acknowledged data): they
     # may be missing, but never misplaced or altered
     destroyed: set[str] = field(default_factory=set)
+    # a topic the nemesis deleted and recreated: (delete began, new incarnation existed)
+    recreates: list[tuple[float, float | None]] = field(default_factory=list)
+    sent_t: dict[str, float] = field(default_factory=dict)  # value -> when its send began
+    ack_t: dict[str, float] = field(default_factory=dict)  # value -> its first ack
 
 
 def _int(event: Event, name: str) -> int:
@@ -155,6 +174,10 @@ def _collect(
             mirrors.append(event)
             continue
         if kind == "nemesis":
+            if event.get("kind") == "recreate":
+                if "dc" in event and "topic" in event:  # the start and recreated phases
+                    _note_recreate(logs[(str(event["dc"]), str(event["topic"]))], event)
+                continue
             if event.get("destroyed"):
                 destroyed = logs[(str(event["dc"]), str(event["topic"]))].destroyed
                 destroyed.update(str(v) for v in event["destroyed"])
@@ -169,8 +192,10 @@ def _collect(
         if kind == "send":
             partition = event.get("partition")
             log.sent[str(event["value"])] = None if partition is None else int(partition)
+            log.sent_t.setdefault(str(event["value"]), float(event.get("t", 0.0)))
         elif kind == "ack":
             log.acks[str(event["value"])].append((_int(event, "partition"), _int(event, "offset")))
+            log.ack_t.setdefault(str(event["value"]), float(event.get("t", 0.0)))
         elif kind == "fail":
             if event.get("definite"):
                 log.definite_failures.add(str(event["value"]))
@@ -237,6 +262,8 @@ def check(events: Iterable[Event]) -> CheckResult:
         dc, topic = key
         _check_reads(dc, topic, log, origin, out)
         if not is_copy:
+            if log.recreates:
+                _check_incarnations(dc, topic, log, out)
             _check_acks(dc, topic, log, out)
     _check_sessions(reads, out)
     for target, source in sorted(sources.items()):
@@ -252,8 +279,73 @@ def check(events: Iterable[Event]) -> CheckResult:
         "expected_read_errors": sum(
             1 for e in events if e.get("type") == "read-error" and e.get("expected")
         ),
+        "recreates": sum(
+            1 for e in events if e.get("kind") == "recreate" and e.get("phase") == "recreated"
+        ),
     }
     return result
+
+
+# ---- topics deleted and recreated during the run (issue 11 §1) ------------------------
+
+
+def _note_recreate(log: _Log, event: Event) -> None:
+    t = float(event.get("t", 0.0))
+    if event.get("phase") == "start":
+        log.recreates.append((t, None))
+    elif event.get("phase") == "recreated" and log.recreates:
+        log.recreates[-1] = (log.recreates[-1][0], t)
+
+
+def incarnation_of(
+    sent_t: float | None, ack_t: float, recreates: Sequence[tuple[float, float | None]]
+) -> str:
+    """ "current", "gone" or "unknown": whose acknowledged write this is (module docstring)."""
+    deleted_at, created_at = recreates[-1]
+    if created_at is not None and sent_t is not None and sent_t >= created_at:
+        return "current"
+    if ack_t < deleted_at:
+        return "gone"
+    return "unknown"
+
+
+def _check_incarnations(dc: str, topic: str, log: _Log, out: list[Anomaly]) -> None:
+    """Take the acks of deleted incarnations out of ``log.acks`` (the usual checks then
+    see only the current incarnation's) and check them on their own terms."""
+    for value in sorted(log.acks):
+        fate = incarnation_of(log.sent_t.get(value), log.ack_t[value], log.recreates)
+        if fate == "current":
+            continue
+        acks = log.acks.pop(value)
+        drained_at = sorted(place for place in log.where.get(value, ()) if place in log.drain)
+        if not drained_at:
+            continue
+        partition, offset = drained_at[0]
+        if fate == "gone":
+            out.append(
+                Anomaly(
+                    "old-incarnation",
+                    dc,
+                    topic,
+                    partition,
+                    offset,
+                    value,
+                    f"acknowledged at {acks[0]} before the topic was deleted, still served",
+                )
+            )
+        elif set(drained_at) - set(acks):
+            out.append(
+                Anomaly(
+                    "fenced-ack",
+                    dc,
+                    topic,
+                    partition,
+                    offset,
+                    value,
+                    f"acknowledged at {sorted(set(acks))} but the final log holds it at "
+                    f"{drained_at}",
+                )
+            )
 
 
 def _check_reads(dc: str, topic: str, log: _Log, origin: _Log, out: list[Anomaly]) -> None:

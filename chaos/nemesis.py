@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from talos.client import Admin
+from talos.config import TopicConfig
 from talos.coord.partition_state import PartitionStateStore
+from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
-from talos.errors import InvalidArgument, TalosError
+from talos.errors import InvalidArgument, TalosError, TopicExists, UnknownTopic
 from talos.record.batch import Record, decode_records, encode_batch, iter_batches
 from talos.storage.segment import segment_path
 from talos.testing.proxy import TcpProxy
@@ -60,6 +63,12 @@ FAULT_KINDS = (
 #: Faults between datacenters; only with two datacenters and a mirror.
 MIRROR_FAULT_KINDS = ("wan-dc", "kill-mirror")
 ALL_FAULT_KINDS = FAULT_KINDS + MIRROR_FAULT_KINDS
+#: Delete and recreate a topic during the run (issue 11 §1); only in the scenarios that
+#: name it, which also produce to RECREATE_TOPIC (see "Topics deleted and recreated").
+INCARNATION_FAULT_KINDS = ("recreate",)
+RECREATE_TOPIC = "reborn"
+RECREATE_PARTITIONS = 3
+RECREATE_VARIANTS = ("plain", "paused-owner")
 PAUSE_FACTORS = (0.5, 1.5, 3.0)
 #: Offset in a batch of the base offset field (8 bytes), and where the CRC coverage starts.
 BASE_OFFSET_AT, CRC_COVERED_FROM = 1, 17
@@ -91,26 +100,29 @@ def make_schedule(
 
     Pure: the same arguments give the same schedule.
     """
-    unknown = sorted(set(kinds) - set(ALL_FAULT_KINDS))
+    known = ALL_FAULT_KINDS + INCARNATION_FAULT_KINDS
+    unknown = sorted(set(kinds) - set(known))
     if unknown or not kinds:
-        raise InvalidArgument(
-            f"kinds: must be a non-empty subset of {ALL_FAULT_KINDS}, got {unknown}"
-        )
+        raise InvalidArgument(f"kinds: must be a non-empty subset of {known}, got {unknown}")
     if duration <= 0 or session_timeout <= 0 or partitions < 1:
         raise InvalidArgument("duration, session_timeout and partitions must be positive")
     rng = random.Random(seed)
     # every kind early on; pauses once per factor (0.5x, 1.5x, 3x the session timeout)
     first = [k for k in kinds for _ in range(len(PAUSE_FACTORS) if k == "pause" else 1)]
+    first += ["recreate"] * (len(RECREATE_VARIANTS) - 1) * ("recreate" in kinds)
     rng.shuffle(first)
     pauses = list(PAUSE_FACTORS)
     rng.shuffle(pauses)
+    variants = list(RECREATE_VARIANTS) if "recreate" in kinds else []  # once each, early
+    rng.shuffle(variants)
     faults: list[Fault] = []
     now = rng.uniform(2.0, 4.0)
     count = 0
     while True:
         kind = first[count] if count < len(first) else rng.choice(list(kinds))
         factor = pauses.pop() if kind == "pause" and pauses else rng.choice(PAUSE_FACTORS)
-        fault = _fault(rng, kind, now, session_timeout, partitions, factor)
+        variant = variants.pop() if kind == "recreate" and variants else None
+        fault = _fault(rng, kind, now, session_timeout, partitions, factor, variant)
         if fault.at + fault.duration > duration and count >= len(first):
             break
         faults.append(fault)
@@ -133,6 +145,7 @@ def _fault(
     session_timeout: float,
     partitions: int,
     pause_factor: float,
+    variant: str | None = None,
 ) -> Fault:
     partition = rng.randrange(partitions)
     if kind == "kill":
@@ -189,7 +202,26 @@ def _fault(
     if kind == "clock":
         jump_s = rng.choice([-3600, -30, 30, 3600, 86_400])
         return Fault(at, kind, rng.uniform(3.0, 8.0), {"partition": partition, "jump_s": jump_s})
+    if kind == "recreate":
+        return _recreate_fault(rng, at, session_timeout, variant)
     raise InvalidArgument(f"kind: unknown fault {kind!r}")
+
+
+def _recreate_fault(
+    rng: random.Random, at: float, session_timeout: float, variant: str | None
+) -> Fault:
+    """``plain``: delete and recreate RECREATE_TOPIC. ``paused-owner``: the same through
+    the other brokers while the owner of one of its partitions is SIGSTOPped for less
+    than a session (it keeps its session and, on SIGCONT, its old in-memory log: the
+    reproduction of issue 11 §1). The duration is the pause, or a quiet second."""
+    variant = variant or rng.choice(RECREATE_VARIANTS)
+    duration = round(0.5 * session_timeout, 2) if variant == "paused-owner" else 1.0
+    return Fault(
+        at,
+        "recreate",
+        duration,
+        {"variant": variant, "partition": rng.randrange(RECREATE_PARTITIONS)},
+    )
 
 
 # ---- corruption, as functions of bytes ------------------------------------------------------
@@ -337,6 +369,9 @@ class Nemesis:
         dc = self._dc()
         kind, params = fault.kind, fault.params
         common = self._common(fault)
+        if kind in INCARNATION_FAULT_KINDS:
+            self._recreate(dc, fault)
+            return
         if kind == "corrupt-sealed":
             damage = self._corrupt_sealed(dc, str(params["variant"]), int(params["pick"]))
             self.history.write(
@@ -535,3 +570,65 @@ class Nemesis:
                 out.write(bytes([byte ^ damage.flip_mask]))
         self.note(f"  {variant} in {rel} at {damage.flip_at or damage.truncate_to}: {damage}")
         return damage.destroyed
+
+    # ---- topics deleted and recreated (issue 11 §1) -------------------------------------
+
+    def _recreate(self, dc: DataCenter, fault: Fault) -> None:
+        """Delete RECREATE_TOPIC and create it again (a new incarnation), recording when
+        the delete began and when the new incarnation existed (the checker's boundaries).
+
+        ``paused-owner``: the owner of one partition is paused first (resumed by
+        ``heal``) and the admin calls go through the other brokers.
+        """
+        topic = RECREATE_TOPIC
+        admin_brokers = [b for b in dc.brokers if b.node.alive()]
+        node = ""
+        if fault.params.get("variant") == "paused-owner":
+            owners = self.harness.owners(dc, topic)
+            owner = owners.get(int(fault.params.get("partition", 0)), "")
+            victim = next((b for b in admin_brokers if b.broker_id == owner), None)
+            if victim is not None and len(admin_brokers) > 1:
+                victim.node.pause()
+                self._paused.append(victim)
+                self.harness.impaired.add(f"{dc.name}/{victim.broker_id}")
+                admin_brokers = [b for b in admin_brokers if b is not victim]
+                node = victim.node.name
+        self.history.write(
+            "nemesis",
+            kind="recreate",
+            phase="start",
+            dc=dc.name,
+            topic=topic,
+            node=node,
+            **self._common(fault),
+        )
+        bootstrap = ",".join(b.address for b in admin_brokers)
+        with Admin(bootstrap, request_timeout_s=10.0) as admin:
+            with contextlib.suppress(UnknownTopic):  # a retried delete that had landed
+                admin.delete_topic(topic)
+            for _ in range(20):
+                try:
+                    admin.create_topic(topic, RECREATE_PARTITIONS, recreate_config())
+                    break
+                except TopicExists:  # the delete is still being finished
+                    time.sleep(0.25)
+        zk, _states = self._states(dc)
+        try:
+            incarnation = TopicStore(zk).get(topic).incarnation
+        finally:
+            zk.stop()
+            zk.close()
+        self.history.write(
+            "nemesis",
+            kind="recreate",
+            phase="recreated",
+            dc=dc.name,
+            topic=topic,
+            incarnation=incarnation,
+        )
+        self.note(f"  recreated {topic} as incarnation {incarnation} (paused: {node or '-'})")
+
+
+def recreate_config() -> TopicConfig:
+    """RECREATE_TOPIC's settings, at creation and at every recreate."""
+    return TopicConfig(durability="sync", segment_bytes=16 * 1024)

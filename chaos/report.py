@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .checker import ANOMALY_KINDS, percentile
-from .nemesis import ALL_FAULT_KINDS
+from .nemesis import ALL_FAULT_KINDS, INCARNATION_FAULT_KINDS
 
 SHORT = {
     "lost-write": "lost",
@@ -24,6 +24,7 @@ SHORT = {
     "corrupt-read": "corrupt",
     "mirror-mismatch": "mirror",
     "divergence": "diverge",
+    "old-incarnation": "old-inc",
 }
 
 
@@ -84,7 +85,8 @@ def render(
             verdict = f"{errors} run(s) failed to run"
         elif unavailable and p99 > target:
             verdict = "availability target missed"
-        fault_text = ", ".join(f"{k} {faults[k]}" for k in ALL_FAULT_KINDS if faults.get(k))
+        kinds = ALL_FAULT_KINDS + INCARNATION_FAULT_KINDS
+        fault_text = ", ".join(f"{k} {faults[k]}" for k in kinds if faults.get(k))
         total_faults = sum(faults.values())
         lines.append(
             f"| {name} | {len(group)} | {', '.join(str(r['seed']) for r in group)} | "

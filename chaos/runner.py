@@ -30,7 +30,17 @@ from talos.testing.zookeeper import zookeeper_available
 from .checker import check, kill_unavailability_samples, percentile
 from .harness import DataCenter, Harness, Node
 from .history import HistoryWriter, history_files, load_history
-from .nemesis import ALL_FAULT_KINDS, FAULT_KINDS, MIRROR_FAULT_KINDS, Nemesis, make_schedule
+from .nemesis import (
+    ALL_FAULT_KINDS,
+    FAULT_KINDS,
+    INCARNATION_FAULT_KINDS,
+    MIRROR_FAULT_KINDS,
+    RECREATE_PARTITIONS,
+    RECREATE_TOPIC,
+    Nemesis,
+    make_schedule,
+    recreate_config,
+)
 from .netns import cleanup_stale, why_unsupported
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "network": ("partition", "wan", "zk-expire"),
     "disk-clock": ("corrupt-tail", "corrupt-sealed", "clock", "kill"),
     "mixed": FAULT_KINDS,
+    # a topic deleted and recreated under traffic, also with its owner paused (issue 11 §1)
+    "incarnation": ("recreate", "kill", "pause"),
 }
 #: With two datacenters (the mirror exists) these are added, and "mixed" draws from all.
 MIRROR_SCENARIOS: dict[str, tuple[str, ...]] = {
@@ -65,6 +77,7 @@ SMOKE: tuple[tuple[str, int], ...] = (
     ("network", 303),
     ("disk-clock", 404),
     ("mixed", 505),
+    ("incarnation", 606),
 )
 SMOKE_MIRROR: tuple[tuple[str, int], ...] = (("mirror", 679),)
 
@@ -135,11 +148,15 @@ def run_once(config: RunConfig) -> dict[str, Any]:
     runner_history = HistoryWriter(run_dir / "history" / "runner.jsonl", "runner")
     nemesis: Nemesis | None = None
     started = time.monotonic()
+    kinds = scenario_kinds(config.scenario, config.datacenters)
+    # the topic the "recreate" nemesis deletes and recreates, with a producer of its own
+    extra_topics = [RECREATE_TOPIC] if set(kinds) & set(INCARNATION_FAULT_KINDS) else []
     try:
         harness.start()
         dc = harness.dcs[0]
         _create_topics(dc)
-        harness.wait_until_served(dc, [TOPIC, SEALED_TOPIC])
+        _create_extra_topics(dc, extra_topics)
+        harness.wait_until_served(dc, [TOPIC, SEALED_TOPIC, *extra_topics])
         _fill_sealed(dc, runner_history)
         producers = [
             harness.start_client(
@@ -158,6 +175,7 @@ def run_once(config: RunConfig) -> dict[str, Any]:
             )
             for i in range(1, config.producers + 1)
         ]
+        producers += _extra_producers(harness, dc, run_dir, extra_topics, config.rate)
         readers = [
             harness.start_client(dc, "r1", ["read", *_common(dc, "r1", run_dir), "--topic", TOPIC])
         ]
@@ -180,7 +198,7 @@ def run_once(config: RunConfig) -> dict[str, Any]:
         schedule = make_schedule(
             config.seed,
             config.duration,
-            scenario_kinds(config.scenario, config.datacenters),
+            kinds,
             SESSION_TIMEOUT,
             PARTITIONS,
         )
@@ -192,7 +210,7 @@ def run_once(config: RunConfig) -> dict[str, Any]:
         nemesis.run_in_background(schedule)
         nemesis.join()
         nemesis.heal()
-        harness.wait_until_served(dc, [TOPIC, SEALED_TOPIC], timeout=120)
+        harness.wait_until_served(dc, [TOPIC, SEALED_TOPIC, *extra_topics], timeout=120)
         time.sleep(5.0)  # traffic after the last heal: the last kill's recovery is measured
         _stop_all(producers, 90.0)
         if target is not None:
@@ -209,6 +227,7 @@ def run_once(config: RunConfig) -> dict[str, Any]:
                     "--topics",
                     TOPIC,
                     SEALED_TOPIC,
+                    *extra_topics,
                     "--expect-corrupt",
                     SEALED_TOPIC,
                 ],
@@ -339,6 +358,35 @@ def _create_topics(dc: DataCenter) -> None:
             TOPIC, PARTITIONS, TopicConfig(durability="sync", segment_bytes=64 * 1024)
         )
         admin.create_topic(SEALED_TOPIC, 1, TopicConfig(durability="sync", segment_bytes=4096))
+
+
+def _create_extra_topics(dc: DataCenter, topics: Sequence[str]) -> None:
+    """The topics only some scenarios use (RECREATE_TOPIC: the "recreate" nemesis)."""
+    if RECREATE_TOPIC in topics:
+        with Admin(dc.bootstrap) as admin:
+            admin.create_topic(RECREATE_TOPIC, RECREATE_PARTITIONS, recreate_config())
+
+
+def _extra_producers(
+    harness: Harness, dc: DataCenter, run_dir: Path, topics: Sequence[str], rate: float
+) -> list[Node]:
+    """One producer per extra topic (no live reader: offsets are reused across
+    incarnations, so the checker reads a recreated topic through the final drain)."""
+    return [
+        harness.start_client(
+            dc,
+            f"q{i}",
+            [
+                "produce",
+                *_common(dc, f"q{i}", run_dir),
+                "--topic",
+                topic,
+                "--rate",
+                str(rate / 2),
+            ],
+        )
+        for i, topic in enumerate(topics, start=1)
+    ]
 
 
 def _fill_sealed(dc: DataCenter, history: HistoryWriter) -> None:

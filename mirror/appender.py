@@ -221,8 +221,14 @@ class TargetClient:
         link: str,
         mirror_epoch: int,
         records: bytes,
+        skip_from: int | None = None,
     ) -> AppendReply:
-        """One MirrorAppend; transport failures come back as the reply's error."""
+        """One MirrorAppend; transport failures come back as the reply's error.
+
+        ``skip_from`` (no records): the source no longer holds ``skip_from`` up
+        to ``expected_offset``; the target restarts its log empty at
+        ``expected_offset`` if it still ends at ``skip_from`` (issue 12 §2).
+        """
         try:
             address = self.router.owner_address(topic, partition)
             response: pb.MirrorAppendResponse = self.connections.call(
@@ -235,6 +241,7 @@ class TargetClient:
                     link=link,
                     mirror_epoch=mirror_epoch,
                     records=records,
+                    skip_from=skip_from,
                 ),
             )
         except TalosError as exc:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kazoo.client import KazooClient
@@ -131,6 +132,38 @@ def _field(raw: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
     return value
 
 
+#: How many skipped gaps a progress znode keeps (the newest; bounds the znode).
+MAX_SKIPPED_GAPS = 20
+
+
+@dataclass(frozen=True)
+class SkippedGap:
+    """Offsets ``[start, end)`` a link skipped under ``on_gap = "skip"``: the source's
+    retention deleted them before the link copied them. ``at_ms``: when (wall clock)."""
+
+    start: int
+    end: int
+    messages: int
+    at_ms: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"from": self.start, "to": self.end, "messages": self.messages, "ms": self.at_ms}
+
+    @classmethod
+    def from_dict(cls, raw: object) -> SkippedGap:
+        if not isinstance(raw, dict):
+            raise CoordinationError(f"skipped_gaps: expected an object, got {raw!r}")
+        return cls(
+            _field(raw, "from", int, 0),
+            _field(raw, "to", int, 0),
+            _field(raw, "messages", int, 0),
+            _field(raw, "ms", int, 0),
+        )
+
+    def describe(self) -> str:
+        return f"skipped {self.start}..{self.end - 1} ({self.messages} messages)"
+
+
 @dataclass(frozen=True)
 class Progress:
     """A worker's progress znode for one target partition (wall-clock milliseconds)."""
@@ -148,6 +181,8 @@ class Progress:
     updated_ms: int
     #: messages the source deleted before the link copied them (state "gap")
     gap_messages: int = 0
+    #: gaps the link skipped under ``on_gap = "skip"``, oldest first
+    skipped_gaps: tuple[SkippedGap, ...] = ()
 
     @classmethod
     def from_json(cls, data: bytes, what: str = "progress") -> Progress:
@@ -168,6 +203,9 @@ class Progress:
                 error=_field(raw, "error", str, ""),
                 updated_ms=_field(raw, "updated_ms", int, 0),
                 gap_messages=_field(raw, "gap_messages", int, 0),
+                skipped_gaps=tuple(
+                    SkippedGap.from_dict(g) for g in _field(raw, "skipped_gaps", list, [])
+                ),
             )
         except CoordinationError as exc:
             raise CoordinationError(f"{what}: malformed ({exc})") from None
@@ -252,6 +290,12 @@ class PartitionStatus:
     detail: str = ""
     #: messages the source deleted before the link copied them (state "gap")
     gap_messages: int = 0
+    #: gaps the link skipped under ``on_gap = "skip"`` (the partition went on)
+    skipped_gaps: tuple[SkippedGap, ...] = ()
+
+    @property
+    def skipped_messages(self) -> int:
+        return sum(gap.messages for gap in self.skipped_gaps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +314,8 @@ class PartitionStatus:
             "worker": self.worker,
             "detail": self.detail,
             "gap_messages": self.gap_messages,
+            "skipped_gaps": [gap.to_dict() for gap in self.skipped_gaps],
+            "skipped_messages": self.skipped_messages,
         }
 
 
@@ -426,6 +472,9 @@ def partition_status(
         msgs_per_s = progress.msgs_per_s if fresh else 0.0
         bytes_per_s = progress.bytes_per_s if fresh else 0.0
 
+    skipped_gaps = progress.skipped_gaps if progress is not None else ()
+    skipped = skipped_detail(skipped_gaps)
+
     def row(
         state: State,
         lag: int | None,
@@ -447,8 +496,9 @@ def partition_status(
             progress_age_ms=progress_age,
             state=state,
             worker=progress.worker if progress is not None else "",
-            detail="; ".join(d for d in detail if d),
+            detail="; ".join(d for d in [*detail, skipped] if d),
             gap_messages=progress.gap_messages if progress is not None else 0,
+            skipped_gaps=skipped_gaps,
         )
 
     if inp.failover is not None:
@@ -500,6 +550,23 @@ def partition_status(
     if inp.error:
         notes.append(inp.error)
     return row(state, lag, lag_ms, estimated, notes)
+
+
+def skipped_detail(gaps: Sequence[SkippedGap]) -> str:
+    """The status note for gaps skipped under ``on_gap = "skip"`` ("" when none)."""
+    if not gaps:
+        return ""
+    total = sum(gap.messages for gap in gaps)
+    newest = gaps[-1]
+    more = f", {len(gaps) - 1} earlier" if len(gaps) > 1 else ""
+    return (
+        f"on_gap = skip: {total} messages lost to source retention "
+        f"(last: {newest.describe()} at {_utc(newest.at_ms)}{more})"
+    )
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def build_status(

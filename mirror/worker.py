@@ -26,7 +26,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
@@ -37,6 +37,7 @@ from talos.coord.topics import TopicMeta, TopicStore
 from talos.coord.zk import connect, dumps, loads, zk_errors
 from talos.errors import (
     CorruptBatch,
+    Gap,
     InvalidArgument,
     OffsetOutOfRange,
     TalosError,
@@ -45,7 +46,7 @@ from talos.errors import (
 )
 from talos.metrics import MirrorCollector, MirrorView
 from talos.storage.open import open_store
-from topology.model import Datacenter, Link, Topology
+from topology.model import Datacenter, GapPolicy, Link, Topology
 
 from .appender import (
     TargetClient,
@@ -74,6 +75,8 @@ from .placement import (
 )
 from .quota import TokenBucket
 from .reader import FetchReader, ReadResult, SourceReader, StoreReader
+from .status import MAX_SKIPPED_GAPS, SkippedGap
+from .status import Progress as StatusProgress
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,24 @@ def source_gap(position: int, log_start: int) -> bool:
     return log_start > position
 
 
+GapAction = Literal["start", "skip", "stop"]
+
+
+def gap_action(target_end: int, on_gap: GapPolicy) -> GapAction:
+    """What a partition does when the source's log starts past what the link copied.
+
+    ``start``: the first copy (the target holds nothing yet): the target starts
+    at the source's log start, so offsets stay equal; nothing the link had to
+    copy was lost, the source deleted it before the link began. Otherwise the
+    link's ``on_gap`` decides: ``stop`` (the default; state ``gap`` until an
+    operator acts) or ``skip`` (the target restarts at the source's log start
+    and the gap is recorded in the progress znode).
+    """
+    if target_end == 0:
+        return "start"
+    return "skip" if on_gap == "skip" else "stop"
+
+
 def partition_state(
     *,
     error: str,
@@ -175,6 +196,9 @@ class Progress:
         self.diverged = False
         #: [from, to): offsets the source deleted before the link copied them
         self.gap: tuple[int, int] | None = None
+        #: gaps skipped under ``on_gap = "skip"`` (the newest MAX_SKIPPED_GAPS), kept
+        #: across worker restarts through the progress znode
+        self.skipped: tuple[SkippedGap, ...] = ()
         self._bytes = 0
         self._msgs = 0
         self._window = clock.monotonic()
@@ -202,6 +226,12 @@ class Progress:
         self._msgs += nmsgs
         self.bytes_total += nbytes
         self.msgs_total += nmsgs
+
+    def skipped_gap(self, start: int, end: int) -> SkippedGap:
+        """Record that the link skipped ``[start, end)`` (the source deleted it)."""
+        gap = SkippedGap(start, end, end - start, self.clock.wall_ms())
+        self.skipped = (*self.skipped, gap)[-MAX_SKIPPED_GAPS:]
+        return gap
 
     def lag_ms(self, now_ms: int) -> int:
         if self.oldest_ts is None or self.source_end <= self.target_end:
@@ -253,6 +283,7 @@ class Progress:
             "error": self.error,
             "updated_ms": now_ms,
             "gap_messages": 0 if self.gap is None else self.gap[1] - self.gap[0],
+            "skipped_gaps": [gap.to_dict() for gap in self.skipped],
         }
         self._bytes = self._msgs = 0
         self._window = now
@@ -355,6 +386,8 @@ class PartitionTask:
             daemon=True,
         )
         self._path = progress_path(ctx.link.name, plan.target_topic, partition)
+        #: a skip sent without an answer: (action, position, log_start)
+        self._unresolved_skip: tuple[GapAction, int, int] | None = None
         self._label = f"{plan.source_topic}/{partition} -> {plan.target_topic}/{partition}"
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -395,6 +428,7 @@ class PartitionTask:
             if isinstance(old, dict) and isinstance(old.get("last_progress_ms"), int):
                 self.progress.last_progress_ms = old["last_progress_ms"]
                 self.progress.target_end = int(old.get("target_end", -1))
+            self.progress.skipped = StatusProgress.from_json(data, self._path).skipped_gaps
         except (NoNodeError, TalosError, TypeError, ValueError):
             pass
 
@@ -445,6 +479,7 @@ class PartitionTask:
                 if target_end is None or ctx.reader.changed(source_topic, p):
                     target_end = position = ctx.target.log_end(target_topic, p)
                     self.progress.set_target(target_end)
+                    self._settle_skip(target_end)
                     problem = self.plan.diverged or self._continuity(target_end)
                     if problem:
                         self._diverge(problem)
@@ -492,8 +527,19 @@ class PartitionTask:
                 )
             except OffsetOutOfRange as exc:
                 if target_end is not None and source_gap(position, exc.log_start):
-                    self._gap(position, exc.log_start)
-                    return
+                    action = gap_action(target_end, link.on_gap)
+                    if action == "stop":
+                        self._gap(position, exc.log_start)
+                        return
+                    pending = []
+                    if self._skip(action, target_end, position, exc.log_start):
+                        target_end = position = exc.log_start
+                        self.progress.set_target(target_end)
+                        backoff.reset()
+                    else:
+                        target_end = None
+                        self._stop.wait(backoff.next())
+                    continue
                 if self._on_error(exc):
                     target_end = None
                     pending = []
@@ -559,25 +605,80 @@ class PartitionTask:
                 self.plan.source_topic, self.partition, target_end - 1, ctx.options.read_bytes
             )
         except OffsetOutOfRange as exc:
+            if exc.log_start >= target_end:
+                # The source's retention removed the batch to compare (not a rewrite:
+                # a recreated source has another incarnation, plan.diverged); the
+                # copy loop meets the gap at the target's end.
+                return ""
             source = ReadResult(source_end=exc.log_end)
         return continuity_problem(target_end, last, source, ctx.link.source, ctx.link.target)
 
     def _gap(self, position: int, log_start: int) -> None:
-        """The source deleted ``[position, log_start)`` before this link copied it.
-
-        ``on_gap = "stop"`` (the default) stops the partition as ``gap``: the
-        link never skips offsets silently. ``"skip"`` is not supported yet: the
-        target's log would need a hole (offsets stay equal), so it stops too
-        and says so.
-        """
+        """The source deleted ``[position, log_start)`` before this link copied it, and
+        the link's ``on_gap`` is ``stop``: the partition stops as ``gap`` (the link
+        never skips offsets silently) until an operator acts."""
         self.progress.gap = (position, log_start)
-        policy = self.ctx.link.on_gap
-        note = "" if policy == "stop" else " (on_gap = skip is not supported yet; stopped)"
         self._fail(
             f"gap at offset {position}: the source deleted offsets {position}..{log_start - 1} "
-            f"({log_start - position} messages) before the link copied them{note}"
+            f"({log_start - position} messages) before the link copied them (on_gap = stop; "
+            f'on_gap = "skip" resumes at the source\'s log start)'
         )
         self._report_until_stopped()
+
+    def _skip(self, action: GapAction, target_end: int, position: int, log_start: int) -> bool:
+        """Restart the target empty at the source's ``log_start`` (offsets stay equal).
+
+        A log is dense from its start, so the target cannot hold a hole: its
+        log start moves to ``log_start`` and its own copy below goes, as
+        retention removes segments (broker: ``PartitionLog._mirror_skip``). A
+        skipped gap (``action == "skip"``) is recorded in the progress znode;
+        the first copy of a source that starts above 0 (``start``) lost nothing.
+        False: the target did not move (its end changed, or it is unreachable).
+        """
+        ctx = self.ctx
+        reply = ctx.target.append(
+            self.plan.target_topic,
+            self.partition,
+            log_start,
+            ctx.link.name,
+            self.plan.epoch,
+            b"",
+            skip_from=target_end,
+        )
+        if reply.error is not None:
+            log.info("%s: could not move the target to %d: %s", self._label, log_start, reply.error)
+            if not isinstance(reply.error, Gap):  # no answer: it may have landed
+                self._unresolved_skip = (action, position, log_start)
+            return False
+        self._skipped(action, position, log_start)
+        return True
+
+    def _settle_skip(self, target_end: int) -> None:
+        """A skip whose answer was lost landed if the target now ends at its start."""
+        unresolved, self._unresolved_skip = self._unresolved_skip, None
+        if unresolved is not None and target_end == unresolved[2]:
+            self._skipped(*unresolved)
+
+    def _skipped(self, action: GapAction, position: int, log_start: int) -> None:
+        if action == "start":
+            log.info(
+                "%s: first copy: the source starts at %d, so the target does too",
+                self._label,
+                log_start,
+            )
+            return
+        gap = self.progress.skipped_gap(position, log_start)
+        self.progress.gap = None
+        log.warning(
+            "%s: skipped a gap (on_gap = skip): the source deleted offsets %d..%d (%d messages) "
+            "before the link copied them; the target now starts at %d",
+            self._label,
+            gap.start,
+            gap.end - 1,
+            gap.messages,
+            log_start,
+        )
+        self._report(force=True)
 
     def _diverge(self, problem: str) -> None:
         """Stop this partition for good: nothing more is appended until a resync."""

@@ -69,6 +69,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
         producer_expire_ms=args.producer_expire_ms,
         store=args.store or "",
         metrics_listen=args.metrics_listen or "",
+        traffic_interval_s=args.traffic_interval_s,
+        balance_epsilon=args.balance_epsilon,
+        max_moves_per_round=args.max_moves_per_round,
     )
 
     def ready(address: str) -> None:
@@ -377,6 +380,67 @@ def _positive_int(name: str, low: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def _checked(validate: Callable[[Any, str], Any], param: str, kind: type) -> Callable[[str], Any]:
+    """An argparse type: convert, then validate; errors name the flag and what is allowed."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{param}: must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        try:
+            return validate(value, param)
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _balance_arguments(broker: argparse.ArgumentParser) -> None:
+    from talos.coord.assignment import (
+        DEFAULT_EPSILON,
+        DEFAULT_MAX_MOVES,
+        validate_epsilon,
+        validate_max_moves,
+    )
+    from talos.coord.traffic import DEFAULT_INTERVAL_S, validate_interval
+
+    flags: list[tuple[str, Callable[[Any, str], Any], type, object, str]] = [
+        (
+            "traffic-interval-s",
+            validate_interval,
+            float,
+            DEFAULT_INTERVAL_S,
+            "seconds between two traffic reports of this broker, and between two "
+            "balancing rounds of the controller",
+        ),
+        (
+            "balance-epsilon",
+            validate_epsilon,
+            float,
+            DEFAULT_EPSILON,
+            "the controller keeps every broker's bytes/s within (1+EPSILON) x the mean",
+        ),
+        (
+            "max-moves-per-round",
+            validate_max_moves,
+            int,
+            DEFAULT_MAX_MOVES,
+            "partitions a balancing round may move, each a takeover; 0: traffic only "
+            "guides where new and orphaned partitions go",
+        ),
+    ]
+    for name, validate, kind, default, text in flags:
+        broker.add_argument(
+            f"--{name}",
+            type=_checked(validate, name, kind),
+            default=default,
+            help=f"{text} (default {default})",
+        )
+
+
 def _installed_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -433,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--metrics-listen", default=None, help="HOST:PORT to serve Prometheus /metrics on"
     )
+    _balance_arguments(broker)
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 
     dev = sub.add_parser("dev", help="local deployments")
@@ -525,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     __import__("talos.export.cli", fromlist=["x"]).add_parser(sub)
     __import__("talos.health", fromlist=["x"]).add_parser(sub)
+    __import__("talos.cluster_cli", fromlist=["x"]).add_parser(sub)
 
     import mirror.cli
 

@@ -75,6 +75,12 @@ TAKEOVER_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+BALANCE_MOVES = Counter(
+    "talos_balance_moves_total",
+    "Partitions the controller moved to even out traffic (each a takeover); counted by "
+    "the broker that was controller then",
+)
+
 #: Set by :func:`serve`: a process that serves no /metrics pays nothing for the hooks.
 _enabled = False
 _produce_children: dict[str, tuple[Any, Any]] = {}
@@ -133,6 +139,11 @@ def group_committed(batches: int) -> None:
         GROUP_COMMIT_BATCHES.observe(batches)
 
 
+def balance_moved(moves: int) -> None:
+    if _enabled and moves:
+        BALANCE_MOVES.inc(moves)
+
+
 def timed_takeover(take_over: Callable[[], T]) -> T:
     if not _enabled:
         return take_over()
@@ -177,10 +188,15 @@ class BrokerCollector(Collector):
     """Partition and session gauges of one broker, read from its memory at scrape time."""
 
     def __init__(
-        self, partitions: Callable[[], list[PartitionView]], zk_state: Callable[[], str]
+        self,
+        partitions: Callable[[], list[PartitionView]],
+        zk_state: Callable[[], str],
+        traffic: Callable[[], Mapping[tuple[str, int], tuple[float, float]]] | None = None,
     ) -> None:
         self._partitions = partitions
         self._zk_state = zk_state
+        #: (produce, fetch) bytes/s per partition as last reported to ZooKeeper.
+        self._traffic = traffic
 
     def collect(self) -> Iterator[Metric]:
         views = self._partitions()
@@ -196,6 +212,16 @@ class BrokerCollector(Collector):
             start.add_metric([view.topic, str(view.partition)], view.log_start)
             end.add_metric([view.topic, str(view.partition)], view.log_end)
         yield from (owned, start, end, zookeeper_family({"cluster": self._zk_state()}))
+        if self._traffic is not None:
+            rate = GaugeMetricFamily(
+                "talos_partition_traffic_bytes_per_second",
+                "Bytes/s over the last traffic interval, as reported for placement",
+                labels=[*LABELS, "direction"],
+            )
+            for (topic, partition), (produce, fetch) in sorted(self._traffic().items()):
+                rate.add_metric([topic, str(partition), "produce"], produce)
+                rate.add_metric([topic, str(partition), "fetch"], fetch)
+            yield rate
 
 
 LABELS = ["topic", "partition"]

@@ -18,20 +18,24 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from talos import metrics
 from talos.clock import Clock
 from talos.config import UNLIMITED, TopicConfig
 from talos.coord.partition_state import PartitionState, PartitionStateStore, SegmentInfo
+from talos.coord.traffic import ByteCounter
 from talos.errors import (
     CoordinationError,
     CorruptBatch,
     Fenced,
     Gap,
+    InvalidArgument,
     MirrorDiverged,
     NotOwner,
     OffsetOutOfRange,
@@ -66,6 +70,9 @@ from .producer_state import rebuild as rebuild_producer_states
 
 log = logging.getLogger(__name__)
 
+#: Crash-safety tests set this to a crash point's name (see :func:`crash_point`).
+CRASH_AT_ENV = "TALOS_CRASH_AT"
+
 READ_CHUNK_BYTES = 1024 * 1024
 RETIRE_ATTEMPTS = 20
 #: How long a takeover waits for HDFS to close the previous owner's open segment.
@@ -81,6 +88,20 @@ class PendingAppend:
     # they must start at; they resolve to the log end instead of a base offset.
     mirror_headers: list[BatchHeader] | None = None
     expected_offset: int = -1
+
+
+@dataclass
+class PendingSkip:
+    """A mirror's request to restart the log empty at ``skip_to`` (issue 12 §2), valid
+    only while the log still ends at ``skip_from`` (see :func:`decide_skip`)."""
+
+    skip_from: int
+    skip_to: int
+    future: asyncio.Future[int]
+    data: bytes = b""
+
+
+Pending = PendingAppend | PendingSkip
 
 
 @dataclass
@@ -173,12 +194,14 @@ class PartitionLog:
         self._committed = Committed(0, 0)
         self._producers = ProducerStates(producer_expire_ms)
         self._lock = threading.Lock()
-        self._pending: list[PendingAppend] = []
+        self._pending: list[Pending] = []
         self._scheduled = False
         self._release_requested = False
         self._retention_requested = False
         self._waiters: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()  # set (on the loop) once serving or given up
+        #: Bytes in and out of this partition while this broker holds it (placement by load).
+        self.traffic = ByteCounter(clock.monotonic)
 
     # ---- called on the event loop -------------------------------------------
 
@@ -203,6 +226,7 @@ class PartitionLog:
 
     def submit(self, data: bytes, header: BatchHeader) -> asyncio.Future[int]:
         self.executor.reserve(self.key, len(data))
+        self.traffic.produced(len(data))
         future: asyncio.Future[int] = self.loop.create_future()
         with self._lock:
             self._pending.append(PendingAppend(data, header, future))
@@ -214,9 +238,20 @@ class PartitionLog:
     ) -> asyncio.Future[int]:
         """Conditionally append source batches that keep their source offsets."""
         self.executor.reserve(self.key, len(data))
+        self.traffic.produced(len(data))
         future: asyncio.Future[int] = self.loop.create_future()
         with self._lock:
             self._pending.append(PendingAppend(data, headers[0], future, headers, expected_offset))
+        self._schedule()
+        return future
+
+    def submit_skip(self, skip_from: int, skip_to: int) -> asyncio.Future[int]:
+        """A mirror's source no longer holds ``[skip_from, skip_to)``: restart the log
+        empty at ``skip_to`` if it still ends at ``skip_from``; resolves to the log end."""
+        future: asyncio.Future[int] = self.loop.create_future()
+        self.executor.reserve(self.key, 0)
+        with self._lock:
+            self._pending.append(PendingSkip(skip_from, skip_to, future))
         self._schedule()
         return future
 
@@ -397,19 +432,32 @@ class PartitionLog:
             incarnation=self.incarnation,
         )
 
-    def _append_all(self, group: list[PendingAppend]) -> None:
+    def _append_all(self, group: list[Pending]) -> None:
         """Group-commit runs of produce batches; each mirror append gets its own write.
 
         Items leave ``group`` once answered, so on a fatal error the caller
         fails exactly the ones still waiting.
         """
         while group:
-            if group[0].mirror_headers is not None:
-                self._mirror_append(group[0])
+            first = group[0]
+            if isinstance(first, PendingSkip):
+                self._mirror_skip(first)
                 del group[0]
                 continue
-            run = next((i for i, p in enumerate(group) if p.mirror_headers is not None), len(group))
-            self._append_group(group[:run])
+            if first.mirror_headers is not None:
+                self._mirror_append(first)
+                del group[0]
+                continue
+            run = next(
+                (
+                    i
+                    for i, p in enumerate(group)
+                    if isinstance(p, PendingSkip) or p.mirror_headers is not None
+                ),
+                len(group),
+            )
+            produce = [p for p in group[:run] if isinstance(p, PendingAppend)]
+            self._append_group(produce)
             del group[:run]
 
     def _writable_segment(self) -> OpenSegment:
@@ -477,6 +525,60 @@ class PartitionLog:
                 position += header.total_size
             self._committed = Committed(rest[-1].next_offset, position)
         self._resolve([(pending, self._committed.log_end)])
+
+    def _mirror_skip(self, pending: PendingSkip) -> None:
+        """Restart the log empty at ``skip_to``: CAS first, then delete the files below.
+
+        The same crash-safe order as retention: the open segment is sealed at
+        its end, every segment leaves the state and a new open segment is
+        registered at ``skip_to``, all in one compare-and-set; only then are the
+        old files deleted. A crash in between leaves orphans that the next
+        owner removes at takeover, and nothing below the new start is served.
+        """
+        action = decide_skip(self._committed.log_end, pending.skip_from, pending.skip_to)
+        if isinstance(action, TalosError):
+            self._resolve([(pending, action)])
+            return
+        if action == "skip":
+            self._skip_start(pending.skip_to)
+        self._resolve([(pending, self._committed.log_end)])
+
+    def _skip_start(self, start: int) -> None:
+        segment, state, committed = self._open, self._state, self._committed
+        assert segment is not None and state is not None
+        new_state = (
+            state.with_sealed(
+                segment.base_offset,
+                committed.log_end,
+                committed.open_size,
+                segment.max_timestamp,
+                self.clock.wall_ms(),
+            )
+            .with_start_skipped(start)
+            .with_new_segment(start, self.epoch)
+        )
+        try:
+            self._state = self.states.compare_and_set(
+                self.topic, self.partition, new_state, state.version
+            )
+        except TalosError as exc:
+            raise self._not_owner(f"mirror skip refused: {exc}") from exc
+        crash_point("skip-after-cas")
+        segment.stream.close()
+        self.log_start = start  # first: a concurrent reader below it gets OFFSET_OUT_OF_RANGE
+        self._sealed = ()
+        self._open_segment(start)
+        self._committed = Committed(start, 0)
+        log.warning(
+            "%s/%d: mirror skip: the log restarts empty at %d (the source no longer holds "
+            "offsets %d..%d)",
+            self.topic,
+            self.partition,
+            start,
+            committed.log_end,
+            start - 1,
+        )
+        self._remove_dead_files(self._state)
 
     def _compare_overlap(self, headers: list[BatchHeader], end: int) -> tuple[int, int]:
         """How many incoming batches (and bytes) are already stored, CRC for CRC."""
@@ -617,6 +719,7 @@ class PartitionLog:
             )
         except TalosError as exc:
             raise self._not_owner(f"retention refused: {exc}") from exc
+        crash_point("retention-after-cas")
         self.log_start = cut
         self._sealed = tuple(s for s in sealed if not (s.base_offset < cut and s.end_offset <= cut))
         log.info("%s/%d: retention moved the log start to %d", self.topic, self.partition, cut)
@@ -660,15 +763,15 @@ class PartitionLog:
         self._wake_waiters()
         self.on_lost(self, why)
 
-    def _finish(self, group: list[PendingAppend], error: TalosError) -> None:
+    def _finish(self, group: Sequence[Pending], error: TalosError) -> None:
         if group:
             self._resolve([(pending, error) for pending in group])
 
-    def _resolve(self, results: list[tuple[PendingAppend, int | TalosError]]) -> None:
+    def _resolve(self, results: Sequence[tuple[Pending, int | TalosError]]) -> None:
         self.executor.release(self.key, sum(len(p.data) for p, _ in results))
         self.loop.call_soon_threadsafe(self._resolve_on_loop, results)
 
-    def _resolve_on_loop(self, results: list[tuple[PendingAppend, int | TalosError]]) -> None:
+    def _resolve_on_loop(self, results: Sequence[tuple[Pending, int | TalosError]]) -> None:
         for pending, outcome in results:
             if pending.future.done():
                 continue
@@ -688,6 +791,11 @@ class PartitionLog:
 
     def read(self, offset: int, max_bytes: int) -> bytes:
         """Whole acknowledged batches from the one holding ``offset``."""
+        data = self._read(offset, max_bytes)
+        self.traffic.fetched(len(data))
+        return data
+
+    def _read(self, offset: int, max_bytes: int) -> bytes:
         committed, sealed, segment = self._committed, self._sealed, self._open
         if offset == committed.log_end:
             return b""
@@ -787,6 +895,18 @@ class PartitionLog:
         }
 
 
+def crash_point(name: str) -> None:
+    """Die by SIGKILL right here when ``TALOS_CRASH_AT`` names this point.
+
+    A test hook: the crash-safety tests kill -9 a real broker at an exact
+    instant (between a compare-and-set and the deletes that follow it), which
+    no outside signal can hit reliably. Unset, it costs one dict lookup.
+    """
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.write(2, f"{CRASH_AT_ENV}={name}: SIGKILL now\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def retention_cut(
     sealed: Sequence[SealedSegment],
     open_size: int,
@@ -816,6 +936,28 @@ def retention_cut(
         cut = segment.end_offset
         total -= segment.size
     return cut
+
+
+def decide_skip(log_end: int, skip_from: int, skip_to: int) -> Literal["skip", "done"] | TalosError:
+    """What a mirror's skip request does to a log that ends at ``log_end``.
+
+    "skip": the log still ends where the mirror saw it (``skip_from``), so it
+    restarts empty at ``skip_to``. "done": it already ends at ``skip_to`` (a
+    retry of a skip that landed, or nothing to skip). Anything else answers
+    GAP with the current end: the mirror's view is stale and it must look again.
+    """
+    if skip_to < skip_from:
+        return InvalidArgument(
+            f"expected_offset: a skip must go forward from skip_from {skip_from}, got {skip_to}"
+        )
+    if log_end == skip_to:
+        return "done"
+    if log_end == skip_from:
+        return "skip"
+    return Gap(
+        f"offset: a skip from {skip_from} to {skip_to} does not start at the log end {log_end}",
+        log_end=log_end,
+    )
 
 
 def retire_partition(

@@ -23,12 +23,14 @@ from kazoo.client import KazooClient
 from talos import metrics
 from talos.clock import SYSTEM_CLOCK, Clock, ShiftedClock
 from talos.config import validate_partition, validate_topic_name
+from talos.coord.assignment import DEFAULT_EPSILON, DEFAULT_MAX_MOVES
 from talos.coord.brokers import BrokerRegistry
-from talos.coord.controller import Assignment, AssignmentWatcher, Controller
+from talos.coord.controller import Assignment, AssignmentWatcher, Balance, Controller
 from talos.coord.groups import GroupStore
 from talos.coord.partition_state import PartitionStateStore
 from talos.coord.producer_ids import allocate_producer_id
 from talos.coord.topics import TopicMeta, TopicStore
+from talos.coord.traffic import DEFAULT_INTERVAL_S, ByteCounter, TrafficReporter
 from talos.coord.zk import connect
 from talos.errors import NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
@@ -76,6 +78,12 @@ class BrokerConfig:
     # Where the logs live when not in data_dir: hdfs://NAMENODE:PORT/PATH or posix:/PATH.
     store: str = ""
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; empty: none
+    # Traffic-weighted placement (issue 13 §3): report bytes/s per partition every
+    # interval; the controller keeps brokers within (1+epsilon) x the mean load,
+    # moving at most max_moves_per_round partitions a round (0: no moves).
+    traffic_interval_s: float = DEFAULT_INTERVAL_S
+    balance_epsilon: float = DEFAULT_EPSILON
+    max_moves_per_round: int = DEFAULT_MAX_MOVES
 
 
 #: How often every owned partition runs its upkeep (producer expiry) even when idle.
@@ -209,17 +217,32 @@ class Broker:
         AssignmentWatcher(self.zk, self._on_assignment)
         await self.quotas.start()
         await asyncio.to_thread(self.registry.register, self.broker_id, self.address)
+        self.traffic = TrafficReporter(
+            self.zk,
+            self.broker_id,
+            self._traffic_counters,
+            interval_s=self.config.traffic_interval_s,
+            clock=self.clock,
+        )
+        self.traffic.start()
         self.controller = Controller(
             self.zk,
             self.broker_id,
             reassign_delay_ms=self.config.reassign_delay_ms,
             clock=self.clock,
+            balance=Balance(
+                self.config.balance_epsilon,
+                self.config.traffic_interval_s,
+                self.config.max_moves_per_round,
+            ),
         )
         self.controller.start()
         self._loop.call_later(RETENTION_CHECK_S, self._retention_tick)
         self._upkeep = asyncio.ensure_future(self._upkeep_loop())
         if self.config.metrics_listen:
-            collector = metrics.BrokerCollector(self._partition_views, lambda: str(self.zk.state))
+            collector = metrics.BrokerCollector(
+                self._partition_views, lambda: str(self.zk.state), self._traffic_view
+            )
             self.metrics_address = metrics.serve(self.config.metrics_listen, collector)
             log.info(
                 "broker %s: metrics on http://%s/metrics", self.broker_id, self.metrics_address
@@ -249,6 +272,9 @@ class Broker:
         controller = getattr(self, "controller", None)
         if controller is not None:
             await asyncio.to_thread(controller.stop)
+        traffic = getattr(self, "traffic", None)
+        if traffic is not None:
+            await asyncio.to_thread(traffic.stop)
         if self._server is not None:
             await self._server.stop(grace=1.0)
         for plog in list(self.logs.values()):
@@ -341,6 +367,18 @@ class Broker:
         task.add_done_callback(lambda _: self._reconcile())
 
     # ---- helpers for the service --------------------------------------------
+
+    def _traffic_counters(self) -> dict[tuple[str, int], ByteCounter]:
+        """The byte counters of the partitions served now (called from the reporter's thread)."""
+        return {
+            key: plog.traffic for key, plog in list(self.logs.items()) if plog.status == "serving"
+        }
+
+    def _traffic_view(self) -> dict[tuple[str, int], tuple[float, float]]:
+        last = self.traffic.last
+        if last is None:
+            return {}
+        return {key: (rate.produce, rate.fetch) for key, rate in last.partitions.items()}
 
     def _partition_views(self) -> list[metrics.PartitionView]:
         return [

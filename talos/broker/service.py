@@ -232,6 +232,11 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
             refusal = mirror.append_refusal(request.link, request.mirror_epoch)
             if refusal:
                 raise Fenced(f"link {request.link}: {request.topic!r}: {refusal}")
+            if request.HasField("skip_from"):
+                log_end = await plog.submit_skip(
+                    *skip_range(request.skip_from, request.expected_offset, request.records)
+                )
+                return pb.MirrorAppendResponse(log_end=log_end)
             headers = mirror_batches(request.records, request.expected_offset)
             log_end = await plog.submit_mirror(request.records, headers, request.expected_offset)
             return pb.MirrorAppendResponse(log_end=log_end)
@@ -575,6 +580,15 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         store, live = self._quota_store(), len(self.broker.live_brokers)
         view = await self._coord(lambda: quota_wire.set_capacity(store, request, live))
         return quota_wire.view_to_proto(view)
+
+
+def skip_range(skip_from: int, expected_offset: int, records: bytes) -> tuple[int, int]:
+    """A mirror skip's checked ``(skip_from, skip_to)``; it carries no records."""
+    cfg.validate_offset(skip_from, "skip_from")
+    cfg.validate_offset(expected_offset, "expected_offset")
+    if records:
+        raise InvalidArgument("records: a mirror skip (skip_from set) carries no records")
+    return skip_from, expected_offset
 
 
 def mirror_batches(records: bytes, expected_offset: int) -> list[BatchHeader]:

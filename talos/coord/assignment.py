@@ -11,6 +11,12 @@ where they are (moving one costs a takeover), holds a vanished broker's
 partitions for ``reassign_delay_ms`` so a rolling restart gets them back,
 places new and orphaned partitions on the ring, and evens out load a few
 moves at a time (so a joining broker fills up gradually).
+
+Traffic-weighted balancing (issue 13 §3): given each partition's bytes/s,
+:func:`plan_rebalance` decides which few partitions to move so that no broker
+carries more than ``(1 + epsilon)`` times the mean load, and
+:func:`plan_assignment` with ``traffic`` places new and orphaned partitions on
+the ring with loads bounded in bytes/s instead of partition counts.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ Partition = tuple[str, int]
 
 MAX_VNODES = 4096
 MAX_LOAD_FACTOR = 100.0
+
+#: An idle partition weighs as much as one moving this many bytes/s, so with little
+#: or no traffic balancing by weight is balancing by partition count.
+IDLE_PARTITION_BYTES_PER_S = 1024.0
+DEFAULT_EPSILON = 0.1
+MAX_EPSILON = 10.0
+DEFAULT_MAX_MOVES = 4
+MAX_MAX_MOVES = 10_000
 
 
 def stable_hash(key: str) -> int:
@@ -164,6 +178,8 @@ class AssignmentPlan:
     changed: bool
     #: False when ``max_moves`` cut rebalancing short; plan again soon.
     settled: bool = True
+    #: Partitions moved between live brokers to even out traffic (``traffic`` given).
+    moves: tuple[Move, ...] = ()
 
 
 def plan_assignment(
@@ -178,6 +194,8 @@ def plan_assignment(
     weights: Mapping[str, float] | None = None,
     load_factor: float = 1.25,
     max_moves: int | None = None,
+    traffic: Mapping[Partition, float] | None = None,
+    epsilon: float = DEFAULT_EPSILON,
 ) -> AssignmentPlan:
     """The next assignment, given the current one.
 
@@ -190,6 +208,11 @@ def plan_assignment(
     - No live broker: the previous owners are kept.
     - At most ``max_moves`` partitions move from one live broker to another
       per plan (None: no limit); orphans are always placed.
+    - With ``traffic`` (bytes/s per partition; may be empty), load is weighed in
+      bytes/s instead of partition counts: orphans go on the ring with loads
+      bounded by (1 + epsilon/2) times the mean, and :func:`plan_rebalance`
+      picks the moves (``max_moves`` of them at most; None counts as 0 here,
+      since each move costs a takeover and the caller paces the rounds).
     """
     _check_options(vnodes, load_factor)
     for value, param in ((now_ms, "now_ms"), (reassign_delay_ms, "reassign_delay_ms")):
@@ -199,6 +222,8 @@ def plan_assignment(
         isinstance(max_moves, bool) or not isinstance(max_moves, int) or max_moves < 0
     ):
         raise InvalidArgument(f"max_moves: must be None or an integer >= 0, got {max_moves!r}")
+    if traffic is not None:
+        epsilon = validate_epsilon(epsilon)
 
     ordered = _order(partitions)
     live = sorted(set(live_brokers))
@@ -209,10 +234,12 @@ def plan_assignment(
         for broker in sorted(set(previous.values()) - live_set)
     }
 
-    def result(owners: dict[Partition, str], settled: bool = True) -> AssignmentPlan:
+    def result(
+        owners: dict[Partition, str], settled: bool = True, moves: tuple[Move, ...] = ()
+    ) -> AssignmentPlan:
         still_missing = {b: t for b, t in missing.items() if b in set(owners.values())}
         changed = owners != dict(previous_owners) or still_missing != dict(missing_since)
-        return AssignmentPlan(owners, still_missing, changed, settled)
+        return AssignmentPlan(owners, still_missing, changed, settled, moves)
 
     if not live:
         return result(previous)
@@ -228,6 +255,9 @@ def plan_assignment(
 
     weight_of = _weights(live, weights)
     ring = _Ring(weight_of, vnodes)
+    if traffic is not None:
+        moves = _balance_traffic(owners, orphans, live, ring, traffic, epsilon, max_moves or 0)
+        return result(dict(sorted(owners.items())), settled=True, moves=moves)
     reserved = sum(1 for owner in owners.values() if owner not in live_set)
     fair = _fair_shares(weight_of, len(ordered) - reserved)
     caps = _caps(fair, load_factor)
@@ -272,3 +302,181 @@ def plan_assignment(
 
     over = any(loads[b] > caps[b] for b in live)
     return result(dict(sorted(owners.items())), settled=not over or budget > 0)
+
+
+# -- traffic-weighted balancing ------------------------------------------------------
+
+
+def validate_epsilon(value: object, param: str = "epsilon") -> float:
+    """The tolerated imbalance: a number in (0, 10]; 0.1 lets a broker carry 110% of the mean."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_EPSILON
+    ):
+        raise InvalidArgument(f"{param}: must be a number > 0 and <= {MAX_EPSILON}, got {value!r}")
+    return float(value)
+
+
+def validate_max_moves(value: object, param: str = "max_moves") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAX_MOVES:
+        raise InvalidArgument(
+            f"{param}: must be an integer between 0 and {MAX_MAX_MOVES}, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Move:
+    """Hand ``partition`` from ``source`` to ``target`` (one takeover)."""
+
+    partition: Partition
+    source: str
+    target: str
+    #: The partition's weight: its bytes/s plus the idle weight.
+    weight: float
+
+
+def partition_weights(
+    partitions: Iterable[Partition], traffic: Mapping[Partition, float]
+) -> dict[Partition, float]:
+    """Each partition's bytes/s (unknown, negative or non-finite: 0) plus the idle weight."""
+    weights: dict[Partition, float] = {}
+    for partition in partitions:
+        rate = traffic.get(partition, 0.0)
+        usable = isinstance(rate, int | float) and math.isfinite(rate) and rate > 0
+        weights[partition] = IDLE_PARTITION_BYTES_PER_S + (float(rate) if usable else 0.0)
+    return weights
+
+
+def broker_loads(
+    owners: Mapping[Partition, str], weights: Mapping[Partition, float], brokers: Iterable[str]
+) -> dict[str, float]:
+    """The summed weight of the partitions each of ``brokers`` owns."""
+    loads = dict.fromkeys(brokers, 0.0)
+    for partition, owner in owners.items():
+        if owner in loads:
+            loads[owner] += weights[partition]
+    return loads
+
+
+def imbalanced(loads: Mapping[str, float], epsilon: float) -> bool:
+    """True when a broker carries more than (1+epsilon) times the mean, or less than
+    the mean divided by (1+epsilon) (a joining broker)."""
+    if not loads:
+        return False
+    mean = sum(loads.values()) / len(loads)
+    return any(
+        load > (1 + epsilon) * mean or load * (1 + epsilon) < mean for load in loads.values()
+    )
+
+
+def plan_rebalance(
+    owners: Mapping[Partition, str],
+    traffic: Mapping[Partition, float],
+    live_brokers: Sequence[str],
+    epsilon: float,
+    max_moves: int,
+) -> list[Move]:
+    """The partitions to move this round so that loads (bytes/s) even out.
+
+    - Nothing moves while every live broker carries between mean/(1+epsilon) and
+      (1+epsilon) times the mean load. Once that band is left, moves continue
+      until the tighter band of epsilon/2 is reached (or no move helps, or
+      ``max_moves`` is used up), so small swings of traffic do not make
+      partitions flap.
+    - Each move takes a partition from the most loaded broker to the least
+      loaded one, and only if the receiver then carries at least epsilon
+      times the mean less than the donor did: the sum of squared loads
+      strictly falls, so rounds on unchanged traffic reach a fixed point, and
+      undoing a move would take a swing of traffic larger than that margin
+      (two similar partitions are never swapped back and forth on noise). A
+      partition hotter than the gap stays put (an indivisible hot partition
+      ends up alone, not bounced around).
+    - The partition chosen brings the two loads closest together.
+    - Partitions of brokers not in ``live_brokers`` (reserved during the
+      reassign delay) neither move nor count.
+    """
+    epsilon = validate_epsilon(epsilon)
+    validate_max_moves(max_moves)
+    live = sorted(set(live_brokers))
+    mine = {p: b for p, b in owners.items() if b in set(live)}
+    if len(live) < 2 or max_moves == 0 or not mine:
+        return []
+    weights = partition_weights(_order(mine), traffic)
+    loads = broker_loads(mine, weights, live)
+    if not imbalanced(loads, epsilon):
+        return []
+    mean = sum(loads.values()) / len(live)
+    high, low = (1 + epsilon / 2) * mean, mean / (1 + epsilon / 2)
+    margin = epsilon * mean
+    holdings: dict[str, list[Partition]] = {b: [] for b in live}
+    for partition in _order(mine):
+        holdings[mine[partition]].append(partition)
+    moves: list[Move] = []
+    moved: set[Partition] = set()
+    while len(moves) < max_moves and any(not low <= x <= high for x in loads.values()):
+        receiver = min(live, key=lambda b: (loads[b], b))
+        move = None
+        for donor in sorted(live, key=lambda b: (-loads[b], b)):
+            room = loads[donor] - loads[receiver] - margin
+            fits = [p for p in holdings[donor] if p not in moved and weights[p] <= room]
+            if fits:
+                gap = loads[donor] - loads[receiver]
+                best = min(fits, key=lambda p: abs(gap - 2 * weights[p]))
+                move = Move(best, donor, receiver, weights[best])
+                break
+        if move is None:
+            break
+        moves.append(move)
+        moved.add(move.partition)
+        holdings[move.source].remove(move.partition)
+        holdings[move.target].append(move.partition)
+        loads[move.source] -= move.weight
+        loads[move.target] += move.weight
+    return moves
+
+
+def _place_weighted(
+    partitions: Sequence[Partition],
+    ring: _Ring,
+    weights: Mapping[Partition, float],
+    loads: dict[str, float],
+    cap: float,
+) -> dict[Partition, str]:
+    """Bounded-load placement in bytes/s: heaviest first, each on the first broker
+    clockwise from its hash that stays within ``cap``; else on the least loaded."""
+    placed: dict[Partition, str] = {}
+    for partition in sorted(partitions, key=lambda p: (-weights[p], _partition_hash(p), p)):
+        weight = weights[partition]
+        candidates = list(ring.walk(_partition_hash(partition)))
+        chosen = next((b for b in candidates if loads[b] + weight <= cap), None)
+        if chosen is None:
+            chosen = min(candidates, key=lambda b: (loads[b], candidates.index(b)))
+        placed[partition] = chosen
+        loads[chosen] += weight
+    return placed
+
+
+def _balance_traffic(
+    owners: dict[Partition, str],
+    orphans: list[Partition],
+    live: list[str],
+    ring: _Ring,
+    traffic: Mapping[Partition, float],
+    epsilon: float,
+    max_moves: int,
+) -> tuple[Move, ...]:
+    """Place ``orphans`` by bytes/s, then rebalance; updates ``owners`` in place."""
+    live_set = set(live)
+    weights = partition_weights([*owners, *orphans], traffic)
+    loads = broker_loads(owners, weights, live)
+    cap = (1 + epsilon / 2) * (sum(loads.values()) + sum(weights[p] for p in orphans)) / len(live)
+    owners.update(_place_weighted(orphans, ring, weights, loads, cap))
+    moves = plan_rebalance(
+        {p: b for p, b in owners.items() if b in live_set}, traffic, live, epsilon, max_moves
+    )
+    for move in moves:
+        owners[move.partition] = move.target
+    return tuple(moves)

@@ -6,6 +6,14 @@ writes the result with a CAS on the ``/assignment`` znode version. Each
 write is a transaction that also checks the controller's own election znode,
 so a controller that lost its session (and with it the election) can never
 overwrite its successor's assignment.
+
+With a :class:`Balance`, the controller weighs partitions by the bytes/s the
+brokers report (coord/traffic.py): new and orphaned partitions are placed by
+load at once, and every ``interval_s`` a balancing round moves at most
+``max_moves`` partitions (each costs a takeover). After any change of owners
+the next round waits two intervals, so the new owners have measured before
+the loads are judged again, and no round runs while a live broker has not
+reported lately (its partitions' traffic is unknown, not zero).
 """
 
 from __future__ import annotations
@@ -20,10 +28,25 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
 
+from talos import metrics
 from talos.clock import SYSTEM_CLOCK, Clock
 from talos.coord import paths
-from talos.coord.assignment import plan_assignment
+from talos.coord.assignment import (
+    DEFAULT_EPSILON,
+    DEFAULT_MAX_MOVES,
+    plan_assignment,
+    validate_epsilon,
+    validate_max_moves,
+)
 from talos.coord.brokers import validate_broker_id
+from talos.coord.traffic import (
+    DEFAULT_INTERVAL_S,
+    TrafficFigure,
+    merge_traffic,
+    read_broker_traffic,
+    unreported,
+    validate_interval,
+)
 from talos.coord.zk import dumps, loads, txn_failure, zk_errors
 from talos.errors import CoordinationError, InvalidArgument, TalosError
 
@@ -37,6 +60,26 @@ TICK_S = 0.5
 IDLE_RECHECK_S = 10.0
 #: Partitions moved between live brokers per plan; joining brokers fill gradually.
 MAX_MOVES_PER_ROUND = 32
+
+
+#: Reports older than this many intervals are ignored (a stalled broker's figures).
+REPORT_MAX_AGE_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Traffic-weighted balancing: no broker above (1+epsilon) x the mean bytes/s,
+    a round every ``interval_s`` seconds, at most ``max_moves`` moves a round (0: the
+    traffic only guides where new and orphaned partitions go)."""
+
+    epsilon: float = DEFAULT_EPSILON
+    interval_s: float = DEFAULT_INTERVAL_S
+    max_moves: int = DEFAULT_MAX_MOVES
+
+    def __post_init__(self) -> None:
+        validate_epsilon(self.epsilon, "balance_epsilon")
+        validate_interval(self.interval_s, "traffic_interval_s")
+        validate_max_moves(self.max_moves, "max_moves_per_round")
 
 
 @dataclass(frozen=True)
@@ -134,6 +177,7 @@ class Controller:
         reassign_delay_ms: int = 0,
         clock: Clock = SYSTEM_CLOCK,
         max_moves_per_round: int = MAX_MOVES_PER_ROUND,
+        balance: Balance | None = None,
     ) -> None:
         validate_broker_id(broker_id)
         if (
@@ -157,6 +201,13 @@ class Controller:
         self._delay_ms = reassign_delay_ms
         self._clock = clock
         self._max_moves = max_moves_per_round
+        self._balance = balance
+        self._next_round = 0.0  # monotonic time of the next balancing round
+        self._known: dict[Partition, TrafficFigure] = {}  # latest bytes/s per partition
+        self._silent: list[str] = []  # live brokers without a fresh report, last looked
+        #: Balancing rounds run and partitions they moved, since this process started.
+        self.rounds = 0
+        self.moves = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -233,6 +284,9 @@ class Controller:
             term = self._term
             self._session_lost = False
             self._brokers, self._topic_partitions, self._watched_topics = [], {}, set()
+            self._known = {}
+            if self._balance is not None:  # let every broker report once first
+                self._next_round = self._clock.monotonic() + self._balance.interval_s
         self._zk.add_listener(self._on_state)
         self._leading = True
         log.info("broker %s is now the controller", self._broker_id)
@@ -250,6 +304,8 @@ class Controller:
                         return
                 try:
                     delay = TICK_S if self._reconcile(term, lock_path) else IDLE_RECHECK_S
+                    if self._balance is not None:
+                        delay = min(delay, max(self._next_round - self._clock.monotonic(), 0.0))
                 except _LostLeadership:
                     return
                 except TalosError as exc:
@@ -330,17 +386,60 @@ class Controller:
                     for p in range(count)
                 ]
             stored = _read(self._zk)
+            now_ms = self._clock.wall_ms()
+            balance, due = self._balance, False
+            if balance is None:
+                traffic, max_moves, epsilon = None, self._max_moves, DEFAULT_EPSILON
+            else:
+                max_age_ms = int(REPORT_MAX_AGE_INTERVALS * balance.interval_s * 1000)
+                reports = read_broker_traffic(self._zk)
+                self._known = merge_traffic(self._known, reports, now_ms, max_age_ms)
+                traffic = {p: figure.bytes_per_s for p, figure in self._known.items()}
+                due = self._clock.monotonic() >= self._next_round
+                silent = unreported(brokers, reports, now_ms, max_age_ms)
+                if due and silent:
+                    # Judging loads without a broker's figures would take its partitions
+                    # for idle and move toward it: wait for its report instead.
+                    if silent != self._silent:
+                        log.info("controller %s: balancing waits for %s", self._broker_id, silent)
+                    due = False
+                    self._next_round = self._clock.monotonic() + min(TICK_S, balance.interval_s)
+                self._silent = silent
+                max_moves, epsilon = (balance.max_moves if due else 0), balance.epsilon
             plan = plan_assignment(
                 partitions,
                 brokers,
                 stored.assignment.owners,
                 stored.missing_since,
-                self._clock.wall_ms(),
+                now_ms,
                 self._delay_ms,
-                max_moves=self._max_moves,
+                max_moves=max_moves,
+                traffic=traffic,
+                epsilon=epsilon,
             )
-            if plan.changed:
-                self._write(stored, plan.owners, plan.missing_since, lock_path)
+            written = not plan.changed or self._write(
+                stored, plan.owners, plan.missing_since, lock_path
+            )
+            if balance is not None and due and written:
+                self.rounds += 1
+                self.moves += len(plan.moves)
+                metrics.balance_moved(len(plan.moves))
+                for move in plan.moves:
+                    log.info(
+                        "controller %s: balancing round %d moves %s/%d from %s to %s (%.0f B/s)",
+                        self._broker_id,
+                        self.rounds,
+                        *move.partition,
+                        move.source,
+                        move.target,
+                        move.weight,
+                    )
+                self._next_round = self._clock.monotonic() + balance.interval_s
+            if balance is not None and written and plan.owners != stored.assignment.owners:
+                # New owners (moved, new or orphaned partitions) measure for a while before
+                # their figures say anything: judge the loads two intervals from now.
+                settle = self._clock.monotonic() + 2 * balance.interval_s
+                self._next_round = max(self._next_round, settle)
         return bool(plan.missing_since) or not plan.settled
 
     def _write(
@@ -349,7 +448,8 @@ class Controller:
         owners: dict[Partition, str],
         missing: dict[str, int],
         lock_path: str,
-    ) -> None:
+    ) -> bool:
+        """True if written; False if someone else wrote first (plan again)."""
         data = _serialize(stored.assignment.version + 1, owners, missing)
         txn = self._zk.transaction()
         txn.check(lock_path, 0)  # still the elected controller
@@ -367,12 +467,12 @@ class Controller:
                 len(owners),
                 len(missing),
             )
-            return
+            return True
         if isinstance(results[0], NoNodeError):
             raise _LostLeadership()
         if isinstance(failure, BadVersionError | NodeExistsError):
             self._wake.set()  # someone else wrote meanwhile: re-read and plan again
-            return
+            return False
         raise failure
 
 

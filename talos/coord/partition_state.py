@@ -286,6 +286,34 @@ class PartitionState:
             segments=tuple(s for s in self.segments if not below_log_start(s, log_start)),
         )
 
+    def with_start_skipped(self, log_start: int) -> PartitionState:
+        """A mirror target restarts its log, empty, at ``log_start`` (issue 12 §2).
+
+        Used when the source no longer holds the offsets from this log's end up
+        to ``log_start`` (its retention deleted them: the first copy of a source
+        that starts above 0, or a link with ``on_gap = "skip"``). A log is dense
+        from its start, so the hole cannot sit inside it: the hole becomes the
+        new log start, and every segment below it leaves the list as retention
+        removes them (their files are deleted only after this is stored).
+        Offsets stay equal to the source's; readers below get OFFSET_OUT_OF_RANGE.
+        Every segment must be sealed first, and ``log_start`` is at or past the end.
+        """
+        _check_nonneg(log_start, "log_start")
+        if self.open_segment is not None:
+            raise InvalidArgument(
+                f"log_start: the segment at {self.open_segment.base_offset} is still open; "
+                "seal it before moving the log start past the end"
+            )
+        if log_start < self.sealed_end:
+            raise InvalidArgument(
+                f"log_start: must be at or past the log end {self.sealed_end}, got {log_start}"
+            )
+        return dataclasses.replace(
+            self,
+            log_start=log_start,
+            segments=tuple(s for s in self.segments if not below_log_start(s, log_start)),
+        )
+
     def with_sealed(
         self,
         base_offset: int,

@@ -17,6 +17,8 @@ ASSIGNMENT = "/assignment"
 TOPICS = "/topics"
 GROUPS = "/groups"
 PRODUCER_IDS = "/producer_ids"
+#: Each broker's last traffic report, an ephemeral znode per broker (coord/traffic.py).
+TRAFFIC = "/traffic"
 
 #: Created by :func:`talos.coord.zk.connect` so recipes can rely on them.
 BASE_PATHS = (BROKERS, TOPICS, GROUPS)
@@ -40,6 +42,10 @@ def chroot(cluster: str) -> str:
 
 def broker(broker_id: str) -> str:
     return f"{BROKERS}/{broker_id}"
+
+
+def traffic(broker_id: str) -> str:
+    return f"{TRAFFIC}/{broker_id}"
 
 
 def topic(name: str) -> str:

@@ -73,20 +73,22 @@ class ProduceResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ProduceResult, _Mapping]]] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class MirrorAppendRequest(_message.Message):
-    __slots__ = ("topic", "partition", "expected_offset", "link", "mirror_epoch", "records")
+    __slots__ = ("topic", "partition", "expected_offset", "link", "mirror_epoch", "records", "skip_from")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_OFFSET_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
     MIRROR_EPOCH_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FROM_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     expected_offset: int
     link: str
     mirror_epoch: int
     records: bytes
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., expected_offset: _Optional[int] = ..., link: _Optional[str] = ..., mirror_epoch: _Optional[int] = ..., records: _Optional[bytes] = ...) -> None: ...
+    skip_from: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., expected_offset: _Optional[int] = ..., link: _Optional[str] = ..., mirror_epoch: _Optional[int] = ..., records: _Optional[bytes] = ..., skip_from: _Optional[int] = ...) -> None: ...
 
 class MirrorAppendResponse(_message.Message):
     __slots__ = ("error", "log_end")

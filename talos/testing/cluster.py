@@ -13,13 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from talos.client.connection import Connections
 from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
+from talos.testing.process import Server
 
 from .zookeeper import ZooKeeperServer, free_port
 
@@ -76,7 +77,7 @@ class BrokerProcess:
             proc.wait()
 
 
-class LocalCluster:
+class LocalCluster(Server):
     def __init__(
         self,
         brokers: int = 3,
@@ -90,6 +91,7 @@ class LocalCluster:
         clock_offset_file: str = "",
         store: str = "",
         metrics: bool = False,
+        broker_args: Sequence[str] = (),
     ) -> None:
         self._own_dir = data_dir is None
         # hdfs://... puts the logs on HDFS; "" keeps them in <data_dir>/store (posix).
@@ -105,6 +107,7 @@ class LocalCluster:
         # Brokers add the integer (ms) in this file to their wall clock (an injected clock).
         self.clock_offset_file = clock_offset_file
         self.metrics = metrics  # brokers serve /metrics on a free port each
+        self.broker_args = list(broker_args)  # more `talos broker` flags for every broker
         self._own_zk = zookeeper is None
         self.zookeeper = zookeeper or ZooKeeperServer(
             data_dir=os.path.join(self.data_dir, "zookeeper")
@@ -152,6 +155,7 @@ class LocalCluster:
                 if self.max_queued_bytes is not None
                 else []
             ),
+            *self.broker_args,
         ]
 
     def start(self, timeout: float | None = None) -> None:
@@ -220,22 +224,6 @@ class LocalCluster:
             self.zookeeper.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from kazoo.client import KazooClient
 
 from mirror.state import new_mirror, promote
+from talos.broker.partition import CRASH_AT_ENV
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.config import TopicConfig
+from talos.coord.partition_state import PartitionStateStore
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
 from talos.errors import ErrorCode, ReadOnlyMirror
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.record.batch import Record, encode_batch, with_origin
+from talos.storage.segment import segment_of_file
 from talos.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -135,3 +140,107 @@ def test_mirror_topic_is_read_only_until_promoted(cluster: LocalCluster, zk: Kaz
     refused = mirror_append(stub, 3, source_batches(3, [1]))
     assert refused.error.code == ErrorCode.FENCED
     assert read_all(cluster, 3) == [(0, b"v0"), (1, b"v1"), (2, b"local")]
+
+
+def test_a_skip_restarts_the_target_empty_at_the_sources_log_start(
+    cluster: LocalCluster, zk: KazooClient
+) -> None:
+    """Issue 12 §2: the source deleted [5, 20) before it was copied; the skip moves the
+    target's log start to 20 (only if it still ends at 5) and appends continue there."""
+    TopicStore(zk).create("orders", 1, TopicConfig(), int(time.time() * 1000), mirror=MIRROR)
+    stub = owner_stub(cluster)
+    assert mirror_append(stub, 0, source_batches(0, [5])).log_end == 5
+
+    def skip(skip_from: int, to: int, records: bytes = b"") -> pb.MirrorAppendResponse:
+        response: pb.MirrorAppendResponse = stub.MirrorAppend(
+            pb.MirrorAppendRequest(
+                topic="orders",
+                partition=0,
+                expected_offset=to,
+                link="A:B",
+                mirror_epoch=1,
+                records=records,
+                skip_from=skip_from,
+            ),
+            timeout=30,
+        )
+        return response
+
+    stale = skip(3, 20)  # the worker's view of the end is stale
+    assert (stale.error.code, stale.error.log_end) == (ErrorCode.GAP, 5)
+    carrying = skip(5, 20, source_batches(20, [1])[0])
+    assert carrying.error.code == ErrorCode.INVALID_ARGUMENT
+    assert "records: a mirror skip" in carrying.error.message
+    assert skip(5, 20).log_end == 20
+    assert (skip(5, 20).error.code, skip(5, 20).log_end) == (0, 20)  # a retry: done
+    assert mirror_append(stub, 20, source_batches(20, [2])).log_end == 22
+    with Admin(cluster.bootstrap) as admin:
+        partition = admin.describe_topic("orders").partitions[0]
+    assert (partition.log_start, partition.log_end) == (20, 22)
+    consumer = Consumer(cluster.bootstrap, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition("orders", 0)])
+        got: list = []
+        deadline = time.monotonic() + 20
+        while len(got) < 2 and time.monotonic() < deadline:
+            got.extend(consumer.poll(0.5))
+    finally:
+        consumer.close()
+    assert [(m.offset, m.value) for m in got] == [(20, b"v20"), (21, b"v21")]
+
+
+def test_kill_9_between_the_skip_cas_and_the_deletes_leaves_only_orphans(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """The target owner dies by SIGKILL right after the skip's compare-and-set (the
+    TALOS_CRASH_AT hook): the next owner removes the files below the new start and
+    serves nothing there; the link appends at the new start."""
+    cluster = make_cluster(brokers=1)
+    owner = cluster.brokers[0]
+    owner.stop()
+    owner.extra_env[CRASH_AT_ENV] = "skip-after-cas"
+    owner.start()
+    cluster.wait_for_brokers(1)
+    zk = connect(cluster.zookeeper.address, cluster.cluster)
+    try:
+        TopicStore(zk).create("orders", 1, TopicConfig(), int(time.time() * 1000), mirror=MIRROR)
+        stub = owner_stub(cluster)
+        assert mirror_append(stub, 0, source_batches(0, [5])).log_end == 5
+        with pytest.raises(grpc.RpcError):
+            stub.MirrorAppend(
+                pb.MirrorAppendRequest(
+                    topic="orders",
+                    partition=0,
+                    expected_offset=20,
+                    link="A:B",
+                    mirror_epoch=1,
+                    skip_from=5,
+                ),
+                timeout=30,
+            )
+        assert owner.process is not None and owner.process.wait(timeout=30) == -signal.SIGKILL
+        assert PartitionStateStore(zk).get("orders", 0).log_start == 20
+    finally:
+        zk.stop()
+        zk.close()
+    (directory,) = (Path(cluster.store_dir) / cluster.cluster / "orders").glob("*/0")
+
+    def bases() -> set[int]:
+        found = (segment_of_file(p.name) for p in directory.iterdir())
+        return {f[0] for f in found if f is not None}
+
+    assert 0 in bases(), "the kill did not come before the deletes"
+    owner.extra_env.clear()
+    owner.start()  # the next owner: same id, a new process without the hook
+    cluster.wait_for_brokers(1)
+    stub = owner_stub(cluster)
+    deadline = time.monotonic() + 60
+    while 0 in bases():
+        assert time.monotonic() < deadline, f"orphans below the start remain: {bases()}"
+        time.sleep(0.2)
+    assert mirror_append(stub, 20, source_batches(20, [2])).log_end == 22
+    stale = stub.Fetch(
+        pb.FetchRequest(partitions=[pb.FetchPartition(topic="orders", partition=0, offset=3)]),
+        timeout=30,
+    ).results[0]
+    assert (stale.error.code, stale.error.log_start) == (ErrorCode.OFFSET_OUT_OF_RANGE, 20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from talos.broker.partition import CRASH_AT_ENV
 from talos.client import Admin, Consumer, Producer, TopicPartition
 from talos.config import DAY_MS, UNLIMITED, TopicConfig
 from talos.coord.groups import GroupStore
 from talos.coord.partition_state import PartitionStateStore
 from talos.coord.zk import connect
-from talos.errors import ErrorCode
+from talos.errors import ErrorCode, TalosError
 from talos.storage.segment import segment_of_file
 from talos.testing.cluster import LocalCluster
 
@@ -52,6 +54,13 @@ def _wait_log_start(bootstrap: str, topic: str, above: int, timeout: float = 30.
                 return partition.log_start
             assert time.monotonic() < deadline, f"log start of {topic} stayed at {above}"
             time.sleep(0.2)
+
+
+def _answers(cluster: LocalCluster, broker_id: str) -> bool:
+    try:
+        return broker_id in cluster.live_brokers()
+    except TalosError:
+        return False
 
 
 def _first_offset(consumer: Consumer, timeout: float = 30.0) -> int:
@@ -92,6 +101,9 @@ def test_time_retention_with_the_injected_clock(
     clock.write_text(str(2 * DAY_MS))  # the broker's wall clock jumps two days ahead
     start = _wait_log_start(cluster.bootstrap, "aging", 0)
     assert 20 <= start <= 40  # every sealed segment went; the open one stays
+    deadline = time.monotonic() + 10  # the deletes follow the log start's CAS
+    while min(_bases_on_disk(cluster, "aging")) < start and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert min(_bases_on_disk(cluster, "aging")) == start, "files below the log start remain"
 
     stale = raw_fetch(cluster.brokers[0].address, "aging", 0, 0)
@@ -184,6 +196,55 @@ def test_crash_between_the_log_start_cas_and_the_deletes(cluster: LocalCluster) 
     assert stale.error.code == ErrorCode.OFFSET_OUT_OF_RANGE
     assert stale.error.log_start == start
     at_start = raw_fetch(other.address, "crashy", 0, start)
+    assert not at_start.error.code and at_start.records
+
+
+def test_kill_9_of_a_real_owner_between_the_log_start_cas_and_the_deletes(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """The owner process itself dies by SIGKILL right after its retention CAS (the
+    broker's TALOS_CRASH_AT hook), before it deleted a file. The next owner removes
+    the orphans and serves nothing below the new start."""
+    cluster = make_cluster(brokers=1)
+    owner = cluster.brokers[0]
+    owner.stop()
+    owner.extra_env[CRASH_AT_ENV] = "retention-after-cas"
+    owner.start()
+    cluster.wait_for_brokers(1)
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("crashy", 1, SMALL)
+        admin.wait_until_ready("crashy")
+    _produce(cluster.bootstrap, "crashy", 30)
+    before = _bases_on_disk(cluster, "crashy")
+    with Admin(cluster.bootstrap) as admin:
+        admin.alter_topic("crashy", retention_bytes=3 * 4096)
+    assert owner.process is not None
+    assert owner.process.wait(timeout=60) == -signal.SIGKILL
+    assert "TALOS_CRASH_AT=retention-after-cas: SIGKILL now" in Path(owner.log_path).read_text()
+
+    zk = connect(cluster.zookeeper.address, cluster.cluster)
+    try:
+        start = PartitionStateStore(zk).get("crashy", 0).log_start
+    finally:
+        zk.stop()
+        zk.close()
+    assert start > 0, "the CAS did not land before the kill"
+    orphans = {base for base in _bases_on_disk(cluster, "crashy") if base < start}
+    assert orphans and orphans <= before, "the kill did not come before the deletes"
+
+    successor = cluster.add_broker()  # without the hook
+    deadline = time.monotonic() + 60
+    while not _answers(cluster, successor.broker_id):
+        assert time.monotonic() < deadline, "the successor did not start"
+        time.sleep(0.2)
+    now = _wait_log_start(successor.address, "crashy", start - 1, timeout=90)
+    assert now >= start  # (its own retention may cut further)
+    assert min(_bases_on_disk(cluster, "crashy")) == now, "orphans below the start remain"
+    for offset in (0, start - 1, now - 1):
+        stale = raw_fetch(successor.address, "crashy", 0, offset)
+        assert stale.error.code == ErrorCode.OFFSET_OUT_OF_RANGE, offset
+        assert stale.error.log_start == now
+    at_start = raw_fetch(successor.address, "crashy", 0, now)
     assert not at_start.error.code and at_start.records
 
 

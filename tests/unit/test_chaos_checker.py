@@ -226,6 +226,7 @@ def test_every_kind_is_covered_by_a_test_above() -> None:
         [send("a"), send("z"), ack("a", 0, 0), ack("z", 0, 0)],
         mirror_history(["a", "c", "b"]),
         [ev("read-error", partition=0, offset=3, error="CorruptBatch", expected=False)],
+        recreated_history(final=["old", "new"]),
     ]
     caught: set[str] = set()
     for history in histories:
@@ -370,3 +371,56 @@ def test_sealed_damage_is_caught_by_the_crc_or_cuts_the_segment() -> None:
     flip = plan_sealed_damage(segment, "flip-offset", 5)
     assert flip is not None and flip.flip_at is not None
     assert flip.position < flip.flip_at < flip.position + 9  # inside the base offset field
+
+
+# ---- a topic deleted and recreated during the run ---------------------------------------------
+
+
+def recreated_history(final: list[str], *, late_ack_at: int = 1) -> list[dict[str, Any]]:
+    """ "old" acked by the first incarnation at 0; the topic deleted (t=10) and recreated
+    (t=11); "retried" sent before, acked after at ``late_ack_at``; "new" sent after, at 0."""
+    return [
+        send("old"),
+        ack("old", 0, 0),
+        ev("send", value="retried", partition=0, t=9.5),
+        ev("nemesis", kind="recreate", phase="start", t=10.0),
+        ev("nemesis", kind="recreate", phase="recreated", incarnation="i2", t=11.0),
+        {"t": 11.5, "type": "nemesis", "kind": "recreate", "phase": "end", "proc": "runner"},
+        ev("send", value="new", partition=0, t=12.0),
+        ev("ack", value="new", partition=0, offset=0, t=12.1),
+        ev("ack", value="retried", partition=0, offset=late_ack_at, t=12.2),
+        *drain(final, t=20.0),
+    ]
+
+
+def test_acks_of_a_deleted_incarnation_are_gone_and_must_not_be_served() -> None:
+    from chaos.checker import incarnation_of
+
+    recreates = [(10.0, 11.0)]
+    assert incarnation_of(12.0, 12.1, recreates) == "current"
+    assert incarnation_of(5.0, 9.0, recreates) == "gone"
+    assert incarnation_of(9.5, 12.2, recreates) == "unknown"  # acked by either
+    assert incarnation_of(11.5, 12.0, [(10.0, None)]) == "unknown"  # never recreated
+    # "old" and the same offset 0 reused by "new": no fenced-ack, no unseen
+    assert kinds(recreated_history(["new", "retried"])) == {}
+    assert kinds(recreated_history(["new"])) == {}  # "retried" may have gone with the old one
+    assert check(recreated_history(["new"])).stats["recreates"] == 1
+    # the old incarnation's value served again; a current write missing; one misplaced
+    found = kinds(recreated_history(["old", "new"]))  # "new" is at 1, not at its ack 0
+    assert found == {"old-incarnation": 1, "fenced-ack": 2}
+    assert kinds(recreated_history([])) == {"unseen": 1, "fenced-ack": 1}
+    assert kinds(recreated_history(["new", "x", "retried"], late_ack_at=1)) == {
+        "phantom": 1,
+        "fenced-ack": 1,
+    }
+
+
+def test_a_recreate_schedule_pauses_less_than_a_session() -> None:
+    from chaos.nemesis import RECREATE_PARTITIONS, make_schedule
+
+    schedule = make_schedule(606, 60.0, ["recreate", "kill", "pause"], 4.0, 6)
+    recreates = [f for f in schedule if f.kind == "recreate"]
+    assert {f.params["variant"] for f in recreates[:2]} == {"plain", "paused-owner"}
+    for fault in recreates:
+        assert 0 <= fault.params["partition"] < RECREATE_PARTITIONS
+        assert fault.duration < 4.0  # a paused owner keeps its session

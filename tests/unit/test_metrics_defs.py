@@ -44,6 +44,15 @@ def test_broker_collector_reads_owned_partitions() -> None:
     assert got[("talos_partition_log_start_offset", ("t", "3"))] == 5
     assert got[("talos_partition_log_end_offset", ("t", "3"))] == 9
     assert got[("talos_zookeeper_session_state", ("cluster", "LOST"))] == 1
+    assert not any(name == "talos_partition_traffic_bytes_per_second" for name, _ in got)
+
+
+def test_broker_collector_reads_the_last_traffic_report() -> None:
+    got = samples(
+        metrics.BrokerCollector(lambda: [], lambda: "CONNECTED", lambda: {("t", 1): (10.0, 2.5)})
+    )
+    assert got[("talos_partition_traffic_bytes_per_second", ("t", "1", "produce"))] == 10.0
+    assert got[("talos_partition_traffic_bytes_per_second", ("t", "1", "fetch"))] == 2.5
 
 
 @pytest.mark.parametrize("listen", ["9100", "host:", ":9100", "h:99999", "h:x"])

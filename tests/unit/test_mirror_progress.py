@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mirror.paths import heartbeat_path, progress_path, worker_path
@@ -53,6 +55,7 @@ def test_progress_reports_lag_rates_and_writes_on_state_changes() -> None:
     assert set(first) == {
         "worker", "source_end", "target_end", "source_end_ms", "last_progress_ms", "lag_ms",
         "bytes_per_s", "msgs_per_s", "state", "error", "updated_ms", "gap_messages",
+        "skipped_gaps",
     }  # fmt: skip
     assert not progress.due()  # same state, within the interval
 
@@ -157,3 +160,29 @@ def test_a_source_gap_is_its_own_final_state() -> None:
     thresholds = dict(stall_after_s=15.0, lagging_after_s=5.0)
     assert partition_state(error="x", gap=True, **common, **thresholds) == "gap"
     assert partition_state(error="x", diverged=True, **common, **thresholds) == "diverged"
+
+
+def test_a_gap_stops_unless_the_link_skips_and_a_first_copy_just_starts_there() -> None:
+    from mirror.worker import gap_action
+
+    assert gap_action(0, "stop") == gap_action(0, "skip") == "start"  # nothing copied yet
+    assert gap_action(40, "stop") == "stop"
+    assert gap_action(40, "skip") == "skip"
+
+
+def test_skipped_gaps_are_in_the_progress_znode_newest_kept() -> None:
+    from mirror.status import MAX_SKIPPED_GAPS
+    from mirror.status import Progress as Report
+
+    clock = ManualClock(wall_ms=1_000)
+    progress = Progress("w1", clock, WorkerOptions())
+    gap = progress.skipped_gap(40, 100)
+    assert (gap.start, gap.end, gap.messages, gap.at_ms) == (40, 100, 60, 1_000)
+    snapshot = progress.snapshot()
+    assert snapshot["state"] == "ok"  # skipped: the partition goes on
+    assert snapshot["skipped_gaps"] == [{"from": 40, "to": 100, "messages": 60, "ms": 1_000}]
+    assert Report.from_json(json.dumps(snapshot).encode()).skipped_gaps == (gap,)
+    for i in range(MAX_SKIPPED_GAPS + 5):
+        progress.skipped_gap(200 + 10 * i, 205 + 10 * i)
+    assert len(progress.skipped) == MAX_SKIPPED_GAPS
+    assert progress.skipped[-1].end == 205 + 10 * (MAX_SKIPPED_GAPS + 4)

@@ -379,3 +379,27 @@ def test_a_gap_left_by_source_retention_fails_the_check_with_the_messages_lost()
     assert (row.state, row.gap_messages) == ("gap", 60)
     assert "60 messages" in row.detail and row.to_dict()["gap_messages"] == 60
     assert exit_code([result]) == 1
+
+
+def test_a_skipped_gap_is_shown_with_its_range_and_time_and_the_check_passes() -> None:
+    from mirror.status import SkippedGap
+
+    gaps = (SkippedGap(10, 20, 10, NOW - 120_000), SkippedGap(40, 100, 60, NOW - 60_000))
+    result = status(part(progress=progress(skipped_gaps=gaps)))
+    row = result.partitions[0]
+    assert (row.state, row.skipped_messages, exit_code([result])) == ("ok", 70, 0)
+    assert "on_gap = skip: 70 messages lost to source retention" in row.detail
+    assert "skipped 40..99 (60 messages) at 2023-11-14 22:12:20 UTC, 1 earlier" in row.detail
+    assert "skipped 40..99" in render_table(result)
+    document = json.loads(json.dumps(result.to_dict()))["partitions"][0]
+    assert document["skipped_gaps"][1] == {
+        "from": 40,
+        "to": 100,
+        "messages": 60,
+        "ms": NOW - 60_000,
+    }
+    assert document["skipped_messages"] == 70
+    raw = json.dumps({"worker": "w1", "skipped_gaps": [{"from": 1, "to": 2}]}).encode()
+    assert Progress.from_json(raw).skipped_gaps == (SkippedGap(1, 2, 0, 0),)
+    with pytest.raises(CoordinationError, match="skipped_gaps"):
+        Progress.from_json(json.dumps({"skipped_gaps": [7]}).encode())

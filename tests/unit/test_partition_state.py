@@ -185,3 +185,19 @@ def test_log_start_moves_by_whole_sealed_segments_only() -> None:
             trimmed.with_log_start(bad)
     with pytest.raises(InvalidArgument, match="log_start"):
         trimmed.with_log_start(10)  # never backwards
+
+
+def test_a_mirror_skip_restarts_the_log_empty_at_the_new_start() -> None:
+    """Issue 12 §2: the source deleted [100, 250) before the mirror copied it; the target
+    restarts at 250 so its offsets stay equal, dropping every segment below."""
+    state = owned().with_sealed(0, 60, 4096).with_new_segment(60, 1)
+    with pytest.raises(InvalidArgument, match="still open"):
+        state.with_start_skipped(250)
+    sealed = state.with_sealed(60, 100, 2048)
+    with pytest.raises(InvalidArgument, match="at or past the log end 100, got 99"):
+        sealed.with_start_skipped(99)
+    skipped = sealed.with_start_skipped(250).with_new_segment(250, 1)
+    assert (skipped.log_start, skipped.sealed_end) == (250, 250)
+    assert skipped.segments == (SegmentInfo(250, 1),)
+    assert sealed.with_start_skipped(100).segments == ()  # nothing lost: just the start
+    assert PartitionState().with_start_skipped(7).with_new_segment(7, 0).log_start == 7

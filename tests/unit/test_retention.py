@@ -73,3 +73,16 @@ def test_time_counts_from_the_sealing_when_records_are_stamped_long_ago() -> Non
     assert retention_cut([ancient], 0, NOW, DAY_MS, -1, lambda s: s.newest_timestamp(None)) is None
     ancient.sealed_ms = NOW - 2 * DAY_MS
     assert retention_cut([ancient], 0, NOW, DAY_MS, -1, lambda s: s.newest_timestamp(None)) == 10
+
+
+def test_a_mirror_skip_moves_only_a_log_that_still_ends_where_the_mirror_saw_it() -> None:
+    from talos.broker.partition import decide_skip
+    from talos.errors import Gap
+
+    assert decide_skip(40, 40, 100) == "skip"
+    assert decide_skip(100, 40, 100) == "done"  # a retry of a skip that landed
+    assert decide_skip(0, 0, 0) == "done"  # nothing to skip
+    stale = decide_skip(55, 40, 100)  # the end moved since the mirror looked
+    assert isinstance(stale, Gap) and stale.log_end == 55
+    backwards = decide_skip(40, 100, 40)
+    assert isinstance(backwards, InvalidArgument) and "skip_from 100" in str(backwards)
