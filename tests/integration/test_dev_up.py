@@ -10,13 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from talos.client import Admin, Producer
+from talos.client import Admin, Consumer, Producer
 from talos.errors import TalosError
+from talos.storage.hdfs import HdfsLogStore
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.supervisor import PID_FILE, control_dir
 from talos.testing.zookeeper import zookeeper_available
 
@@ -171,5 +174,62 @@ def test_two_dcs_a_killed_mirror_worker_is_restarted_and_copies_again(dev_dir: P
                     pass
                 assert time.monotonic() < deadline, "the restarted worker copied nothing"
                 time.sleep(0.2)
+    finally:
+        assert dev.stop() == 0
+
+
+def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets(
+    dev_dir: Path, hdfs_cluster: MiniDfsCluster
+) -> None:
+    """`dev up --dcs 2` with both DCs' logs on HDFS (under PATH/A and PATH/B of the
+    session's MiniDFSCluster): the mirror's store reader tail-reads A's HDFS."""
+    from talos.testing.multidc import mirror_available
+
+    reason = mirror_available()
+    if reason is not None:
+        pytest.skip(f"needs the mirror worker: {reason}")
+    root = hdfs_cluster.url(f"devup-{uuid.uuid4().hex[:8]}")
+    dev = DevUp(dev_dir, "--dcs", "2", "--brokers", "1", "--session-timeout", "3", "--store", root)
+    try:
+        dev.wait_line(rf"^DC A: HDFS\s+{re.escape(root)}/A$", timeout=180)
+        dev.wait_line(rf"^DC B: HDFS\s+{re.escape(root)}/B$")
+        dev.wait_line(r"^mirror:\s+link A:B \(pid \d+")
+        topology = (dev_dir / "topology.toml").read_text()
+        assert f'store = "{root}/A"' in topology and f'store = "{root}/B"' in topology
+
+        source = (dev_dir / "bootstrap-A").read_text().strip()
+        target = (dev_dir / "bootstrap-B").read_text().strip()
+        with Admin(source) as admin:
+            admin.create_topic("on-hdfs", 2)
+            admin.wait_until_ready("on-hdfs")
+        acked: dict[tuple[int, int], bytes] = {}
+        with Producer(source) as producer:
+            futures = {
+                b"m%d" % i: producer.send("on-hdfs", b"m%d" % i, partition=i % 2) for i in range(40)
+            }
+            producer.flush()
+            for value, future in futures.items():
+                meta = future.result(timeout=60)
+                acked[(meta.partition, meta.offset)] = value
+
+        copied: dict[tuple[int, int], bytes] = {}
+        deadline = time.monotonic() + 120
+        with Consumer(target, auto_offset_reset="earliest") as consumer:
+            while len(copied) < len(acked):
+                assert time.monotonic() < deadline, f"B has {len(copied)} of {len(acked)}"
+                try:
+                    if not consumer.assignment():
+                        consumer.assign([("on-hdfs", 0), ("on-hdfs", 1)])
+                    for m in consumer.poll(timeout_s=1.0):
+                        copied[(m.partition, m.offset)] = m.value or b""
+                except TalosError:  # the worker has not created the mirror topic yet
+                    time.sleep(0.5)
+        assert copied == acked
+
+        store = HdfsLogStore(root)
+        try:
+            assert store.list_dir("A") and store.list_dir("B")  # each DC's segments
+        finally:
+            store.close()
     finally:
         assert dev.stop() == 0
