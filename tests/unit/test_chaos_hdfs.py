@@ -74,3 +74,10 @@ def test_results_report_hdfs_runs_in_their_own_section() -> None:
     only_hdfs = render([_run("hdfs", "hdfs", 222)], "cmd", 4.0, now=0)
     assert "(no run on the posix store)" in only_hdfs
     assert "## HDFS store" not in render([_run("crash", "posix", 111)], "cmd", 4.0, now=0)
+
+
+def test_a_slow_heal_moves_the_rest_of_the_schedule() -> None:
+    from chaos.nemesis import overrun
+
+    assert overrun(planned_end=10.0, now=14.5) == 4.5
+    assert overrun(planned_end=10.0, now=9.0) == 0.0
