@@ -94,9 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         for i in range(args.runs)
     ]
     store = "" if args.store == "posix" else f" --store {args.store}"
+    scenarios = "".join(f" --scenario {name}" for name in args.scenario or [])
     command = (
         f'make chaos ARGS="--runs {args.runs} --duration {args.duration:g} --seed {args.seed}'
-        f'{store}"'
+        f'{store}{scenarios}"'
     )
     return _verdict(run_series(configs, command), args.strict_availability)
 
