@@ -110,6 +110,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         print(f"HDFS:       {dfs.url('/talos')}")
         print(f"NameNode:   http://{dfs.http_address}/", flush=True)
     store = args.store if args.store.startswith("hdfs://") else ""
+    if store:
+        print(f"HDFS:       {store}", flush=True)
     cluster = LocalCluster(
         brokers=args.brokers,
         data_dir=str(data_dir),

@@ -579,16 +579,16 @@ class HdfsLogStore:
     # -- reading -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _open_read(self, path: str, jpath: Any) -> Iterator[tuple[Any, int]]:
+    def _open_read(self, path: str, jpath: Any, keep: bool = True) -> Iterator[tuple[Any, int]]:
         """A new input stream and the visible length it sees, kept for later reads (or
-        closed after use when no stream is kept)."""
+        closed after use when it is not kept)."""
         stream = self._fs.open(jpath)
         try:
             length = int(stream.getVisibleLength())
         except BaseException:
             stream.close()
             raise
-        kept = self._reads.put(path, stream, length)
+        kept = keep and self._reads.put(path, stream, length)
         try:
             yield stream, length
         finally:
@@ -614,9 +614,16 @@ class HdfsLogStore:
             except self.jpype.JException:
                 # closed under us, or the file went away: a fresh stream decides
                 self._reads.drop_stream(path, kept[0])
+        try:
+            with self._open_read(path, jpath) as (stream, visible):
+                return self._read_from(stream, visible, position, length)
+        except self.jpype.JException:
+            # Another reader of this path may have replaced (and closed) the stream just
+            # kept; a stream of our own decides, and its error is the answer.
+            pass
         with (
             self._converted(f"hdfs read {self.url(path)}"),
-            self._open_read(path, jpath) as (stream, visible),
+            self._open_read(path, jpath, keep=False) as (stream, visible),
         ):
             return self._read_from(stream, visible, position, length)
 

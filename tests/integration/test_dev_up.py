@@ -178,12 +178,15 @@ def test_two_dcs_a_killed_mirror_worker_is_restarted_and_copies_again(dev_dir: P
         assert dev.stop() == 0
 
 
-def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets(
+def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets_and_promote_reads_a(
     dev_dir: Path, hdfs_cluster: MiniDfsCluster
 ) -> None:
     """`dev up --dcs 2` with both DCs' logs on HDFS (under PATH/A and PATH/B of the
-    session's MiniDFSCluster): the mirror's store reader tail-reads A's HDFS."""
+    session's MiniDFSCluster): the mirror's store reader tail-reads A's HDFS, and once
+    A's broker is dead, promote measures the gap from A's segments on HDFS."""
+    from mirror.failover import PromoteOptions, promote
     from talos.testing.multidc import mirror_available
+    from topology import load_topology
 
     reason = mirror_available()
     if reason is not None:
@@ -194,6 +197,8 @@ def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets(
         dev.wait_line(rf"^DC A: HDFS\s+{re.escape(root)}/A$", timeout=180)
         dev.wait_line(rf"^DC B: HDFS\s+{re.escape(root)}/B$")
         dev.wait_line(r"^mirror:\s+link A:B \(pid \d+")
+        a_broker = int(dev.wait_line(r"^broker A/b1: \S+ pid (\d+)").group(1))
+        worker = int(dev.wait_line(r"^mirror A:B: pid (\d+)").group(1))
         topology = (dev_dir / "topology.toml").read_text()
         assert f'store = "{root}/A"' in topology and f'store = "{root}/B"' in topology
 
@@ -202,16 +207,7 @@ def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets(
         with Admin(source) as admin:
             admin.create_topic("on-hdfs", 2)
             admin.wait_until_ready("on-hdfs")
-        acked: dict[tuple[int, int], bytes] = {}
-        with Producer(source) as producer:
-            futures = {
-                b"m%d" % i: producer.send("on-hdfs", b"m%d" % i, partition=i % 2) for i in range(40)
-            }
-            producer.flush()
-            for value, future in futures.items():
-                meta = future.result(timeout=60)
-                acked[(meta.partition, meta.offset)] = value
-
+        acked = produce(source, "m", 40)
         copied: dict[tuple[int, int], bytes] = {}
         deadline = time.monotonic() + 120
         with Consumer(target, auto_offset_reset="earliest") as consumer:
@@ -231,5 +227,40 @@ def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets(
             assert store.list_dir("A") and store.list_dir("B")  # each DC's segments
         finally:
             store.close()
+
+        # The link is cut, A takes 6 more messages per partition, then A's broker dies
+        # (its open segments stay open on HDFS): promote reads A from HDFS.
+        os.kill(worker, signal.SIGKILL)
+        dev.wait_line(r"mirror A:B was killed by SIGKILL")
+        lost = produce(source, "lost", 12)
+        os.kill(a_broker, signal.SIGKILL)
+        dev.wait_line(r"broker A/b1 was killed by SIGKILL")
+        report = promote(
+            load_topology(dev_dir / "topology.toml"),
+            "A:B",
+            PromoteOptions(source_timeout_s=5.0),
+        )
+        ends = {p: 1 + max(o for q, o in acked if q == p) for p in (0, 1)}
+        assert [p.target_end for p in report.partitions] == [ends[0], ends[1]]
+        assert [p.gap_messages for p in report.partitions] == [6, 6]
+        assert [p.source_end for p in report.partitions] == [
+            1 + max(o for q, o in lost if q == p) for p in (0, 1)
+        ]
+        assert {p.basis for p in report.partitions} == {"source"}
     finally:
         assert dev.stop() == 0
+
+
+def produce(bootstrap: str, tag: str, count: int) -> dict[tuple[int, int], bytes]:
+    """``count`` messages over partitions 0 and 1: (partition, offset) -> value."""
+    acked: dict[tuple[int, int], bytes] = {}
+    with Producer(bootstrap) as producer:
+        futures = {
+            f"{tag}{i}".encode(): producer.send("on-hdfs", f"{tag}{i}".encode(), partition=i % 2)
+            for i in range(count)
+        }
+        producer.flush()
+        for value, future in futures.items():
+            meta = future.result(timeout=60)
+            acked[(meta.partition, meta.offset)] = value
+    return acked

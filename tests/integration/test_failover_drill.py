@@ -338,41 +338,6 @@ def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC
     assert sorted(returned) == sorted(s.value for s in b_writes)
 
 
-def test_promote_reads_the_lost_source_from_its_hdfs_store(
-    tmp_path: Path, hdfs_cluster: MiniDfsCluster
-) -> None:
-    """A's brokers are all dead: promote measures the gap from A's segments on HDFS
-    (the recovery point's basis is the source itself, not the worker's heartbeat)."""
-    reason = _skip_reason()
-    if reason is not None:
-        pytest.skip(f"needs ZooKeeper and the mirror worker: {reason}")
-    with MultiDC(
-        str(tmp_path / "dcs"),
-        brokers=1,
-        topics=(TOPIC,),
-        session_timeout=3.0,
-        start_mirror=False,
-        store=hdfs_cluster.url(f"promote-{uuid.uuid4().hex[:8]}"),
-    ) as dcs:
-        create_topic(dcs)
-        worker = dcs.start_worker("A:B")
-        now = int(time.time() * 1000)
-        produce(dcs.bootstrap("A"), "m", 10, now)
-        wait_ends(dcs, dcs.bootstrap("B"), log_ends(dcs.bootstrap("A")), "the mirror")
-        worker.kill()
-        promote_point = log_ends(dcs.bootstrap("B"))
-        produce(dcs.bootstrap("A"), "lost", 6, now + 1000)
-        a_end = log_ends(dcs.bootstrap("A"))
-        for broker in dcs.dc("A").cluster.brokers:
-            broker.kill()  # A's open segments stay open on HDFS, their writer dead
-
-        report = promote(topology_of(dcs), "A:B", PromoteOptions(source_timeout_s=5.0))
-        assert [p.target_end for p in report.partitions] == promote_point
-        assert [p.source_end for p in report.partitions] == a_end
-        assert [p.gap_messages for p in report.partitions] == [6] * PARTITIONS
-        assert {p.basis for p in report.partitions} == {"source"}
-
-
 # ---- the drill of the issue: continuous traffic, region A lost, promote, failback --------------
 
 

@@ -117,6 +117,48 @@ def test_large_appends_cross_the_staging_buffer(store: HdfsLogStore, other: Hdfs
     stream.close()
 
 
+def test_readers_racing_over_few_kept_streams_read_right(root: str, other: HdfsLogStore) -> None:
+    """One kept stream for two growing files and three reading threads: streams are
+    replaced and closed under readers all the time; every read still returns the right
+    bytes (a read on a stream closed under it is retried on one of its own)."""
+    store = HdfsLogStore(root, read_streams=1)
+    paths = ["race/a.log", "race/b.log"]
+    writers = [other.open_append(p) for p in paths]
+    for n, out in enumerate(writers):
+        out.append(bytes([65 + n]) * 4096)
+        out.flush(Durability.FLUSH)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        try:
+            for i in range(60):
+                n = (seed + i) % 2
+                end = store.visible_length(paths[n])
+                at = (i * 997) % (end - 100)
+                assert store.read(paths[n], at, 100) == bytes([65 + n]) * 100
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(20):  # the files grow meanwhile
+        for n, out in enumerate(writers):
+            out.append(bytes([65 + n]) * 512)
+            out.flush(Durability.FLUSH)
+    for thread in threads:
+        thread.join()
+    for out in writers:
+        out.close()
+    store.close()
+    assert not errors, errors[0]
+
+
+def test_read_streams_must_be_a_count(root: str) -> None:
+    with pytest.raises(InvalidArgument, match="read_streams"):
+        HdfsLogStore(root, read_streams=-1)
+
+
 def test_exclusive_create_of_an_empty_marker_race(root: str) -> None:
     """Racers for an empty marker: the losers meet the winner's open file (its lease),
     not a closed one, and must still answer False."""
