@@ -355,3 +355,36 @@ def test_open_store_picks_the_backend_from_the_uri(tmp_path: Path, root: str) ->
     for bad in ["s3://bucket/x", "", None]:
         with pytest.raises(InvalidArgument, match="store"):
             open_store(bad)
+
+
+def test_writes_go_on_through_a_stopped_datanode_and_a_restarted_namenode(
+    hdfs_cluster: MiniDfsCluster, store: HdfsLogStore, other: HdfsLogStore
+) -> None:
+    """The chaos harness's HDFS faults, through the launcher's control channel: an open
+    segment keeps taking hflushed appends while a DataNode is down and while the
+    NameNode is down; readers see all of it once the NameNode is back."""
+    out = store.open_append("faults/seg.log")
+    out.append(b"a" * 1000)
+    out.flush(Durability.FLUSH)
+    stopped = hdfs_cluster.stop_datanode(1)
+    assert stopped.rsplit(":", 1)[-1].isdigit()  # HOST:PORT of the one stopped
+    try:
+        out.append(b"b" * 1000)
+        out.flush(Durability.FLUSH)  # the pipeline goes on with the other two
+        assert other.read("faults/seg.log", 0, 5000) == b"a" * 1000 + b"b" * 1000
+    finally:
+        hdfs_cluster.restart_datanodes()
+    hdfs_cluster.stop_namenode()
+    try:
+        out.append(b"c" * 1000)
+        out.flush(Durability.FLUSH)  # hflush needs the DataNodes only
+        with pytest.raises(StorageError, match=r"hdfs visible_length hdfs://"):
+            other.visible_length("faults/seg.log")
+    finally:
+        hdfs_cluster.start_namenode()
+    assert other.visible_length("faults/seg.log") == 3000
+    other.write_file("faults/after", b"x")  # out of safe mode: creates work again
+    out.close()
+    assert other.read("faults/seg.log", 2000, 1000) == b"c" * 1000
+    with pytest.raises(StorageError, match="unknown command"):
+        hdfs_cluster.command("meteor")
