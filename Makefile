@@ -68,10 +68,12 @@ integration: deps
 test: deps proto-check lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
-# Tests too long for `make test` (20,000 segments in one partition); they print figures.
+# Tests too long for `make test` (20,000 segments in one partition, promote and failback
+# on HDFS); the first prints figures.
 .PHONY: test-slow
 test-slow: deps
-	TALOS_SLOW_TESTS=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_many_segments.py
+	TALOS_SLOW_TESTS=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/integration/test_many_segments.py \
+		'tests/integration/test_failover_drill.py::test_promote_and_failback_archive_and_truncate_what_b_never_got[hdfs]'
 
 demo: deps
 	$(BIN)/python -m talos.demo

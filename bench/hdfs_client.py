@@ -4,6 +4,11 @@ here unless ``--hdfs URI`` names one) and report the hflush round trip (p50/p99)
 append+flush throughput for 100 B and 64 KiB writes.
 
     python -m bench.hdfs_client [--hdfs hdfs://127.0.0.1:PORT] [--iterations 2000]
+
+``--reads`` measures the read path instead: 64 KiB reads of a 4 MiB file as the mirror's
+store reader makes them, with the store's kept input streams (``read_streams=64``) and
+without (``0``: every read and every length opens the file, a NameNode round trip):
+``tail`` = visible_length, then read below it; ``sealed`` = read at a known position.
 """
 
 from __future__ import annotations
@@ -62,6 +67,44 @@ def bench_jpype(uri: str, iterations: int) -> dict[str, Any]:
     return results
 
 
+READ_FILE_BYTES = 4 << 20
+READ_BYTES = 64 * 1024
+
+
+def bench_reads(uri: str, iterations: int, read_streams: int) -> dict[str, Any]:
+    """The two read patterns on one 4 MiB file, through a store keeping that many streams."""
+    store = HdfsLogStore(uri, read_streams=read_streams)
+    path = f"reads-{uuid.uuid4().hex[:6]}.log"
+    results: dict[str, Any] = {}
+    try:
+        stream = store.open_append(path)
+        stream.append(b"r" * READ_FILE_BYTES)
+        stream.flush(Durability.FLUSH)  # left open: a tail being written
+        chunks = READ_FILE_BYTES // READ_BYTES
+        at = [0]
+
+        def tail(_: bytes) -> None:
+            end = store.visible_length(path)
+            position = at[0] * READ_BYTES % end
+            at[0] += 1
+            if len(store.read(path, position, min(READ_BYTES, end - position))) == 0:
+                raise RuntimeError("read nothing")
+
+        def sealed(_: bytes) -> None:
+            position = at[0] % chunks * READ_BYTES
+            at[0] += 1
+            if len(store.read(path, position, READ_BYTES)) != READ_BYTES:
+                raise RuntimeError("short read")
+
+        results["tail"] = _measure(tail, READ_BYTES, iterations)
+        results["sealed"] = _measure(sealed, READ_BYTES, iterations)
+        stream.close()
+        store.delete(path)
+    finally:
+        store.close()
+    return results
+
+
 def bench_helper(uri: str, iterations: int) -> dict[str, Any]:
     classpath = ":".join([str(classes_dir()), *hadoop_classpath()])
     results: dict[str, Any] = {}
@@ -96,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="alternate the designs this many times"
     )
+    parser.add_argument(
+        "--reads", action="store_true", help="the read path: kept input streams or none"
+    )
     args = parser.parse_args(argv)
     cluster = None
     if not args.hdfs:
@@ -108,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         # Alternating rounds: the first runs also warm up the DataNodes' JIT.
         report: dict[str, Any] = {}
         for r in range(1, args.rounds + 1):
+            if args.reads:
+                report[f"kept#{r}"] = bench_reads(root, args.iterations, 64)
+                report[f"reopen#{r}"] = bench_reads(root, args.iterations, 0)
+                continue
             report[f"jpype#{r}"] = bench_jpype(root, args.iterations)
             report[f"helper#{r}"] = bench_helper(root, args.iterations)
     finally:

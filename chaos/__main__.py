@@ -27,7 +27,17 @@ def _datacenters(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from .runner import SMOKE, SMOKE_MIRROR, RunConfig, preflight, run_series, scenario_kinds
+    from .runner import (
+        SMOKE,
+        SMOKE_HDFS,
+        SMOKE_HDFS_DURATION,
+        SMOKE_MIRROR,
+        RunConfig,
+        hdfs_preflight,
+        preflight,
+        run_series,
+        scenario_kinds,
+    )
 
     reason = preflight()
     if reason is not None:
@@ -38,10 +48,18 @@ def _smoke(args: argparse.Namespace) -> int:
     configs = [
         RunConfig(name, seed, duration=args.duration, datacenters=dcs) for name, seed in plan
     ]
+    wanted = {k for name, _ in plan for k in scenario_kinds(name, dcs)}
+    hdfs_reason = hdfs_preflight() if not args.no_hdfs else "--no-hdfs"
+    if hdfs_reason is None:
+        duration = min(args.duration, SMOKE_HDFS_DURATION)
+        for name, seed in SMOKE_HDFS:
+            configs.append(RunConfig(name, seed, duration, datacenters=dcs, store="hdfs"))
+            wanted |= set(scenario_kinds(name, dcs, "hdfs"))
+    else:
+        print(f"chaos smoke: no HDFS run ({hdfs_reason})", flush=True)
     results = run_series(configs, "make chaos-smoke")
     code = _verdict(results, args.strict_availability)
     injected = {k for r in results for k in r.get("faults", {})}
-    wanted = {k for name, _ in plan for k in scenario_kinds(name, dcs)}
     if wanted - injected:
         print(f"chaos smoke: fault kinds never injected: {sorted(wanted - injected)}")
         return 1
@@ -49,14 +67,16 @@ def _smoke(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import MIRROR_SCENARIOS, SCENARIOS, RunConfig, preflight, run_series
+    from .runner import RunConfig, hdfs_preflight, preflight, run_series, scenario_names
 
     reason = preflight()
+    if reason is None and args.store == "hdfs":
+        reason = hdfs_preflight()
     if reason is not None:
         print(f"chaos: SKIPPED: {reason}", flush=True)
         return 0
     dcs = _datacenters(args)
-    allowed = sorted(set(SCENARIOS) | (set(MIRROR_SCENARIOS) if dcs > 1 else set()))
+    allowed = scenario_names(dcs, args.store)
     names = args.scenario or ["mixed"]
     for name in names:
         if name not in allowed:
@@ -69,11 +89,15 @@ def _run(args: argparse.Namespace) -> int:
             duration=args.duration,
             keep_passing=args.keep,
             datacenters=dcs,
+            store=args.store,
         )
         for i in range(args.runs)
     ]
+    store = "" if args.store == "posix" else f" --store {args.store}"
+    scenarios = "".join(f" --scenario {name}" for name in args.scenario or [])
     command = (
-        f'make chaos ARGS="--runs {args.runs} --duration {args.duration:g} --seed {args.seed}"'
+        f'make chaos ARGS="--runs {args.runs} --duration {args.duration:g} --seed {args.seed}'
+        f'{store}{scenarios}"'
     )
     return _verdict(run_series(configs, command), args.strict_availability)
 
@@ -122,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--duration", type=float, default=60.0)
     smoke.add_argument("--strict-availability", action="store_true")
     smoke.add_argument("--one-dc", action="store_true", help="even if the mirror exists")
+    smoke.add_argument("--no-hdfs", action="store_true", help="leave out the HDFS run")
     smoke.set_defaults(func=_smoke)
 
     run = sub.add_parser("run", help="long runs")
@@ -132,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict-availability", action="store_true")
     run.add_argument("--keep", action="store_true", help="keep the run directory even if clean")
     run.add_argument("--one-dc", action="store_true", help="even if the mirror exists")
+    run.add_argument(
+        "--store",
+        choices=("posix", "hdfs"),
+        default="posix",
+        help="hdfs: a MiniDFSCluster per datacenter and the HDFS faults (scenario hdfs)",
+    )
     run.set_defaults(func=_run)
 
     checker = sub.add_parser("check", help="re-check the history of a kept run")

@@ -1,6 +1,10 @@
 """The hosts of a chaos run: per datacenter a ZooKeeper, three brokers and a log store,
 each process in its own network namespace, plus the WAN proxies in the root namespace.
 
+The log store is a directory per datacenter (posix), or with ``store="hdfs"`` a
+MiniDFSCluster per datacenter (one NameNode, three DataNodes, one JVM) in a host
+namespace of its own (10.77.<dc>.3), which the HDFS faults stop and restart.
+
 Clients reach brokers through one TcpProxy per broker (brokers advertise the
 proxy address), so WAN faults apply to client traffic; brokers reach their
 ZooKeeper directly, so blackhole routes cut them off from it for real.
@@ -22,6 +26,7 @@ from pathlib import Path
 from talos.client.connection import Connections
 from talos.errors import TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.proxy import TcpProxy
 from talos.testing.zookeeper import ZK_CONF_DIR, ZK_JARS, ZK_MAIN
 
@@ -30,6 +35,11 @@ from .netns import ROOT_IP, WAN_IP, Host, Network
 log = logging.getLogger(__name__)
 
 ZK_PORT = 2181
+#: The log store's kinds: a directory per datacenter, or a MiniDFSCluster per datacenter.
+STORES = ("posix", "hdfs")
+#: The HDFS host of datacenter d is 10.77.d.<DFS_HOST_INDEX>; its root for Talos.
+DFS_HOST_INDEX = 3
+DFS_ROOT = "/talos"
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -47,10 +57,16 @@ class Node:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # on top of the runner's
 
     def start(self) -> None:
         path = [REPO_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+        env = {
+            **os.environ,
+            **self.env,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(path),
+        }
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [*self.host.exec_prefix(), *self.args],
@@ -131,6 +147,25 @@ class DataCenter:
     zk: Node | None = None
     brokers: list[Broker] = field(default_factory=list)
     clients: dict[str, Host] = field(default_factory=dict)
+    dfs: MiniDfsCluster | None = None  # the HDFS of this datacenter (store "hdfs")
+    dfs_host: Host | None = None
+
+    @property
+    def hadoop_conf_dir(self) -> Path:
+        """Client settings for this datacenter's HDFS (HADOOP_CONF_DIR of its processes)."""
+        return self.root / "hadoop-conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a broker or the mirror of this datacenter needs in its environment."""
+        return {"HADOOP_CONF_DIR": str(self.hadoop_conf_dir)} if self.dfs is not None else {}
+
+    @property
+    def store_uri(self) -> str:
+        """What brokers and the mirror's store reader open."""
+        if self.dfs is not None:
+            return self.dfs.url(DFS_ROOT)
+        return f"posix:{self.store_dir}"
 
     @property
     def zk_address(self) -> str:
@@ -191,7 +226,7 @@ def _topology_text(
             f"[dc.{d.name}]",
             f'zookeeper = "{zookeeper}"',
             f'cluster = "{d.name}"',
-            f'store = "posix:{d.store_dir}"',
+            f'store = "{d.store_uri}"',
             f"brokers = [{brokers}]",
             "",
         ]
@@ -228,6 +263,7 @@ class Harness:
     datacenters: int = 1
     brokers_per_dc: int = 3
     session_timeout: float = 4.0
+    store: str = "posix"
     network: Network = field(default_factory=Network)
     dcs: list[DataCenter] = field(default_factory=list)
     extra_nodes: list[Node] = field(default_factory=list)
@@ -238,6 +274,8 @@ class Harness:
     # ---- building --------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.store not in STORES:
+            raise HarnessError(f"store: must be one of {STORES}, got {self.store!r}")
         self.network.setup()
         for index in range(1, self.datacenters + 1):
             self.dcs.append(self._start_dc(index))
@@ -278,9 +316,36 @@ class Harness:
             if time.monotonic() > deadline:
                 raise HarnessError(f"{name}: ZooKeeper did not answer within 60 s")
             time.sleep(0.2)
+        if self.store == "hdfs":
+            self._start_dfs(dc)
         for b in range(1, self.brokers_per_dc + 1):
             dc.brokers.append(self._start_broker(dc, b))
         return dc
+
+    def _start_dfs(self, dc: DataCenter) -> None:
+        """A MiniDFSCluster in a namespace of its own, reached by the brokers directly."""
+        host = self.network.add_host(f"{dc.name}-dfs", dc.index, DFS_HOST_INDEX)
+        dc.dfs_host = host
+        dc.dfs = MiniDfsCluster(
+            datanodes=3,
+            data_dir=str(dc.root / "hdfs"),
+            log_path=str(self.run_dir / "logs" / f"{dc.name}-hdfs.log"),
+            bind_host=host.ip,
+            exec_prefix=host.exec_prefix(),
+        )
+        try:
+            dc.dfs.start()
+        except TalosError as exc:
+            raise HarnessError(f"{dc.name}: {exc}") from None
+        # The DataNodes register under 127.0.0.1 (MiniDFSCluster) with the namespace's
+        # address as hostname: clients in other namespaces must dial the hostname.
+        dc.hadoop_conf_dir.mkdir(parents=True, exist_ok=True)
+        (dc.hadoop_conf_dir / "hdfs-site.xml").write_text(
+            "<?xml version='1.0'?>\n<configuration>\n"
+            "  <property><name>dfs.client.use.datanode.hostname</name>"
+            "<value>true</value></property>\n"
+            "</configuration>\n"
+        )
 
     def _start_broker(self, dc: DataCenter, number: int) -> Broker:
         broker_id = f"b{number}"
@@ -304,8 +369,11 @@ class Harness:
             f"{host.ip}:{port}",
             "--advertised-host",
             ROOT_IP,
-            "--data-dir",
-            str(dc.store_dir),
+            *(
+                ["--store", dc.store_uri]
+                if dc.dfs is not None
+                else ["--data-dir", str(dc.store_dir)]
+            ),
             "--session-timeout",
             str(self.session_timeout),
             "--connect-timeout",
@@ -320,6 +388,7 @@ class Harness:
             host,
             args,
             self.run_dir / "logs" / f"{dc.name}-{broker_id}.log",
+            env=dc.env,
         )
         node.start()
         return Broker(broker_id, node, port, proxy, clock_file)
@@ -349,20 +418,24 @@ class Harness:
         """A worker of the link source->target in a namespace of the target datacenter.
 
         Its connection to the source's ZooKeeper goes through a WAN proxy on
-        10.77.0.2; it reads the source's posix store directly (shared filesystem).
+        10.77.0.2; it reads the source's store directly: the posix directory (shared
+        filesystem), or the source's HDFS over a route of its own to that host.
         """
         port = 2100 + source.index
         name = f"{source.name}-zk"
         if name not in self.wan_proxies:
             zk_ip = f"10.77.{source.index}.2"
             self.wan_proxies[name] = TcpProxy(WAN_IP, port, zk_ip, ZK_PORT).start()
+        mirror_host = self.client_host(target, "mirror")
+        if source.dfs_host is not None:
+            self.network.link(mirror_host, source.dfs_host)
         topology = self.run_dir / "topology.toml"
         topology.write_text(
             _topology_text(source, target, topics, f"{WAN_IP}:{port}"), encoding="utf-8"
         )
         node = Node(
             f"{target.name}-mirror",
-            self.client_host(target, "mirror"),
+            mirror_host,
             [
                 sys.executable,
                 "-m",
@@ -379,6 +452,7 @@ class Harness:
                 str(self.session_timeout),
             ],
             self.run_dir / "logs" / f"{target.name}-mirror.log",
+            env=source.env,
         )
         node.start()
         self.extra_nodes.append(node)
@@ -501,6 +575,9 @@ class Harness:
             if dc.zk is not None:
                 with contextlib.suppress(Exception):
                     dc.zk.stop(timeout=5)
+            if dc.dfs is not None:
+                with contextlib.suppress(Exception):
+                    dc.dfs.stop()
         for dc in self.dcs:
             for broker in dc.brokers:
                 with contextlib.suppress(Exception):

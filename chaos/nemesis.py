@@ -20,6 +20,19 @@ Corruption, precisely (see chaos/README.md):
   (``truncate``). Every value of the hit segment is recorded as ``destroyed``
   (a fetch returns several batches and may fail as a whole): readers may get
   an error or skip them, but must never get other bytes or other offsets.
+
+HDFS faults (store ``hdfs`` only; the MiniDFSCluster's control channel):
+
+- ``kill-datanode``: shut one of the three DataNodes down while the brokers write;
+  their pipelines break and recover on the other two. Heal: start it again.
+- ``restart-namenode``: stop the NameNode for 2-6 s (creates, rolls, lease and
+  length queries fail; hflush on an open pipeline goes on), then start it again on
+  the same port. Heal: start it.
+- ``pause-lease``: SIGSTOP the owner of a partition, wait until another broker
+  has taken the partition over (its epoch moved in ZooKeeper: the new owner is now
+  writing the marker and recovering the lease of the open segment), then SIGCONT
+  the old owner 0-1.5 s later, while the lease recovery may still run. Its pending
+  hflush or marker check must fail: nothing it acknowledges after that may be lost.
 """
 
 from __future__ import annotations
@@ -69,6 +82,10 @@ INCARNATION_FAULT_KINDS = ("recreate",)
 RECREATE_TOPIC = "reborn"
 RECREATE_PARTITIONS = 3
 RECREATE_VARIANTS = ("plain", "paused-owner")
+#: Faults of the HDFS under a datacenter (store "hdfs" only).
+HDFS_FAULT_KINDS = ("kill-datanode", "restart-namenode", "pause-lease")
+#: How long pause-lease waits for the takeover before it resumes the owner anyway.
+PAUSE_LEASE_FACTOR = 4.0
 PAUSE_FACTORS = (0.5, 1.5, 3.0)
 #: Offset in a batch of the base offset field (8 bytes), and where the CRC coverage starts.
 BASE_OFFSET_AT, CRC_COVERED_FROM = 1, 17
@@ -100,7 +117,7 @@ def make_schedule(
 
     Pure: the same arguments give the same schedule.
     """
-    known = ALL_FAULT_KINDS + INCARNATION_FAULT_KINDS
+    known = (*ALL_FAULT_KINDS, *INCARNATION_FAULT_KINDS, *HDFS_FAULT_KINDS)
     unknown = sorted(set(kinds) - set(known))
     if unknown or not kinds:
         raise InvalidArgument(f"kinds: must be a non-empty subset of {known}, got {unknown}")
@@ -128,7 +145,7 @@ def make_schedule(
         faults.append(fault)
         count += 1
         now = fault.at + fault.duration + rng.uniform(1.0, 3.0)
-        if kind in ("kill", "corrupt-tail"):
+        if kind in ("kill", "corrupt-tail", "pause-lease", "restart-namenode"):
             # leave the failover alone, so its unavailability is measured on its own
             now = max(now, fault.at + session_timeout + 5.0 + rng.uniform(0.0, 1.0))
         if count % 4 == 0:
@@ -147,6 +164,8 @@ def _fault(
     pause_factor: float,
     variant: str | None = None,
 ) -> Fault:
+    if kind in HDFS_FAULT_KINDS:
+        return _hdfs_fault(rng, kind, at, session_timeout, partitions)
     partition = rng.randrange(partitions)
     if kind == "kill":
         return Fault(at, kind, rng.uniform(3.0, 6.0), {"partition": partition})
@@ -222,6 +241,30 @@ def _recreate_fault(
         duration,
         {"variant": variant, "partition": rng.randrange(RECREATE_PARTITIONS)},
     )
+
+
+def _hdfs_fault(
+    rng: random.Random, kind: str, at: float, session_timeout: float, partitions: int
+) -> Fault:
+    if kind == "kill-datanode":
+        return Fault(at, kind, rng.uniform(3.0, 8.0), {"datanode": rng.randrange(3)})
+    if kind == "restart-namenode":
+        return Fault(at, kind, rng.uniform(2.0, 6.0))
+    if kind == "pause-lease":
+        return Fault(
+            at,
+            kind,
+            round(PAUSE_LEASE_FACTOR * session_timeout, 2),
+            {"partition": rng.randrange(partitions)},
+        )
+    raise InvalidArgument(f"kind: unknown HDFS fault {kind!r}")
+
+
+def overrun(planned_end: float, now: float) -> float:
+    """How far a fault ended after its planned end (a slow heal: a NameNode or DataNode
+    that takes seconds to come back). The rest of the schedule moves by that much, so
+    the quiet gaps after a kill stay as planned and its failover is measured alone."""
+    return max(0.0, now - planned_end)
 
 
 # ---- corruption, as functions of bytes ------------------------------------------------------
@@ -311,6 +354,7 @@ class Nemesis:
         self._paused: list[Broker] = []
         self._clock_files: list[Path] = []
         self._tail_counter = 0
+        self._hdfs_down: list[tuple[DataCenter, str]] = []  # (dc, "datanode"|"namenode")
 
     @property
     def errors(self) -> list[str]:
@@ -346,6 +390,7 @@ class Nemesis:
             self.heal()
             self.history.write("nemesis", kind=fault.kind, phase="end", **self._common(fault))
             self.note(f"end   {fault.kind}")
+            start += overrun(start + fault.at + fault.duration, time.monotonic())
         self.heal()
 
     def _common(self, fault: Fault) -> dict[str, Any]:
@@ -386,6 +431,9 @@ class Nemesis:
             return
         if kind in MIRROR_FAULT_KINDS:
             self._inject_between_dcs(fault)
+            return
+        if kind in HDFS_FAULT_KINDS:
+            self._inject_hdfs(dc, fault)
             return
         broker, owners = self._owner(dc, int(params.get("partition", 0)))
         node = broker.node
@@ -466,6 +514,7 @@ class Nemesis:
 
     def heal(self) -> None:
         """Undo every fault: routes, pauses, proxies, clocks; restart killed brokers."""
+        self._heal_hdfs()
         self.harness.network.heal()
         for broker in self._paused:
             broker.node.resume()
@@ -491,6 +540,109 @@ class Nemesis:
                 broker.node.start()
         self._killed.clear()
         self.harness.impaired.clear()
+
+    # ---- HDFS ---------------------------------------------------------------------------
+
+    def _inject_hdfs(self, dc: DataCenter, fault: Fault) -> None:
+        if dc.dfs is None:
+            raise TalosError(f"{fault.kind}: {dc.name} has no HDFS (store posix)")
+        common = self._common(fault)
+        if fault.kind == "kill-datanode":
+            name = dc.dfs.stop_datanode(int(fault.params["datanode"]))
+            self._hdfs_down.append((dc, "datanode"))
+            self.note(f"  stopped DataNode {name}")
+            self.history.write(
+                "nemesis", kind=fault.kind, phase="start", node=f"{dc.name}-dn-{name}", **common
+            )
+        elif fault.kind == "restart-namenode":
+            dc.dfs.stop_namenode()
+            self._hdfs_down.append((dc, "namenode"))
+            self.history.write(
+                "nemesis", kind=fault.kind, phase="start", node=f"{dc.name}-nn", **common
+            )
+        else:
+            self._pause_during_lease_recovery(dc, fault)
+
+    def _pause_during_lease_recovery(self, dc: DataCenter, fault: Fault) -> None:
+        """SIGSTOP the owner; a watcher resumes it once the partition's epoch moved."""
+        partition = int(fault.params["partition"])
+        broker, owners = self._owner(dc, partition)
+        zk, states = self._states(dc)
+        try:
+            epoch = states.get(self.topic, partition).epoch
+        except TalosError:
+            zk.stop()
+            zk.close()
+            raise
+        owned = [
+            [dc.name, self.topic, p] for p, o in sorted(owners.items()) if o == broker.broker_id
+        ]
+        self.harness.impaired.add(f"{dc.name}/{broker.broker_id}")
+        self.history.write(
+            "nemesis",
+            kind=fault.kind,
+            phase="start",
+            node=broker.node.name,
+            partitions=owned,
+            **self._common(fault),
+        )
+        broker.node.pause()
+        self._paused.append(broker)
+        delay = self.rng.uniform(0.0, 1.5)
+        threading.Thread(
+            target=self._resume_after_takeover,
+            args=(zk, states, broker, partition, epoch, delay, fault.duration - 1.0),
+            name="pause-lease",
+            daemon=True,
+        ).start()
+
+    def _resume_after_takeover(
+        self,
+        zk: Any,
+        states: PartitionStateStore,
+        broker: Broker,
+        partition: int,
+        epoch: int,
+        delay: float,
+        timeout: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        moved: int | None = None
+        try:
+            while moved is None and time.monotonic() < deadline and not self.stop.is_set():
+                with contextlib.suppress(TalosError):
+                    now = states.get(self.topic, partition).epoch
+                    if now > epoch:
+                        moved = now
+                        break
+                self.stop.wait(0.1)
+        finally:
+            zk.stop()
+            zk.close()
+        if moved is None:
+            self.note(f"  {broker.node.name}: partition {partition} not taken over in time")
+            return  # resumed by heal at the end of the fault
+        self.stop.wait(delay)
+        if broker.node.paused:
+            broker.node.resume()
+            self.note(
+                f"  {broker.node.name} resumed {delay:.1f}s after partition {partition} "
+                f"moved to epoch {moved} (lease recovery of its open segment under way)"
+            )
+
+    def _heal_hdfs(self) -> None:
+        for dc, what in self._hdfs_down:
+            if dc.dfs is None:
+                continue
+            try:
+                if what == "datanode":
+                    dc.dfs.restart_datanodes()
+                else:
+                    dc.dfs.start_namenode()
+            except TalosError as exc:
+                self._errors.append(f"heal {dc.name} {what}: {exc}")
+                self.note(f"  could not bring the {what} back: {exc}")
+        self._hdfs_down.clear()
 
     # ---- corruption on disk ---------------------------------------------------------------
 

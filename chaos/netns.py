@@ -164,6 +164,12 @@ class Network:
         _ip(*inside, "route", "add", f"{WAN_IP}/32", "dev", "eth0")
         return host
 
+    def link(self, a: Host, b: Host) -> None:
+        """Routes between two hosts of different datacenters (the mirror host and the
+        source's HDFS host), which otherwise reach only the root namespace."""
+        _ip("netns", "exec", a.namespace, "ip", "route", "replace", f"{b.ip}/32", "dev", "eth0")
+        _ip("netns", "exec", b.namespace, "ip", "route", "replace", f"{a.ip}/32", "dev", "eth0")
+
     # ---- partitions ---------------------------------------------------------
 
     def blackhole(self, host: Host, destination: str) -> None:

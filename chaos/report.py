@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .checker import ANOMALY_KINDS, percentile
-from .nemesis import ALL_FAULT_KINDS, INCARNATION_FAULT_KINDS
+from .nemesis import ALL_FAULT_KINDS, HDFS_FAULT_KINDS, INCARNATION_FAULT_KINDS
+
+KINDS = (*ALL_FAULT_KINDS, *INCARNATION_FAULT_KINDS, *HDFS_FAULT_KINDS)
 
 SHORT = {
     "lost-write": "lost",
@@ -44,16 +46,14 @@ def render(
 ) -> str:
     """The whole RESULTS.md for these runs (pure; ``now`` only stamps the header)."""
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now if now is not None else 0))
-    scenarios: dict[str, list[Mapping[str, Any]]] = {}
-    for run in runs:
-        scenarios.setdefault(str(run["scenario"]), []).append(run)
     target = session_timeout + 5.0
     lines = [
         "# Chaos results",
         "",
         f"Written by `{command}` on {stamp}. Each run: one datacenter"
         f"{' or two' if any(r.get('datacenters', 1) > 1 for r in runs) else ''} in network "
-        f"namespaces (ZooKeeper, 3 brokers, posix store), ZooKeeper session timeout "
+        f"namespaces (ZooKeeper, 3 brokers, posix store unless said otherwise), ZooKeeper "
+        "session timeout "
         f"{session_timeout:g} s, the faults of chaos/README.md on a seeded schedule; the "
         "history is checked after a final drain.",
         "",
@@ -62,6 +62,47 @@ def render(
         f"(target: p99 <= session timeout + 5 s = {target:g} s).",
         "",
     ]
+    posix = [r for r in runs if r.get("store", "posix") != "hdfs"]
+    hdfs = [r for r in runs if r.get("store", "posix") == "hdfs"]
+    lines += _table(posix, target) if posix else ["(no run on the posix store)"]
+    if hdfs:
+        lines += [
+            "",
+            "## HDFS store",
+            "",
+            "The same checks with the log store on HDFS: per datacenter a MiniDFSCluster "
+            "(one NameNode, three DataNodes, replication 3, one JVM in a namespace of its "
+            "own) under the brokers and the mirror's store reader, and the HDFS faults of "
+            "chaos/README.md (a DataNode stopped during writes, the NameNode stopped and "
+            "restarted, an owner SIGSTOPped until its partition is taken over and resumed "
+            "while its lease is recovered).",
+            "",
+            *_table(hdfs, target),
+        ]
+    lines += [
+        "",
+        "Anomaly columns: " + ", ".join(f"{SHORT[k]} = {k}" for k in ANOMALY_KINDS) + ".",
+        "",
+    ]
+    failing = [r for r in runs if not r.get("ok")]
+    if failing:
+        lines.append("## Failing runs (kept under chaos/runs/)")
+        lines.append("")
+        for run in failing:
+            lines.append(
+                f"- {run['scenario']} seed {run['seed']}: {run.get('error') or run.get('summary')}"
+                f" — {run.get('run_dir', '')}"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _table(runs: Sequence[Mapping[str, Any]], target: float) -> list[str]:
+    """One row per scenario."""
+    scenarios: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        scenarios.setdefault(str(run["scenario"]), []).append(run)
+    lines: list[str] = []
     kind_header = " | ".join(SHORT[k] for k in ANOMALY_KINDS)
     lines.append(
         "| scenario | runs | seeds | acked msgs | faults injected | "
@@ -85,8 +126,7 @@ def render(
             verdict = f"{errors} run(s) failed to run"
         elif unavailable and p99 > target:
             verdict = "availability target missed"
-        kinds = ALL_FAULT_KINDS + INCARNATION_FAULT_KINDS
-        fault_text = ", ".join(f"{k} {faults[k]}" for k in kinds if faults.get(k))
+        fault_text = ", ".join(f"{k} {faults[k]}" for k in KINDS if faults.get(k))
         total_faults = sum(faults.values())
         lines.append(
             f"| {name} | {len(group)} | {', '.join(str(r['seed']) for r in group)} | "
@@ -94,22 +134,7 @@ def render(
             + " | ".join(str(counts[k]) for k in ANOMALY_KINDS)
             + f" | {_seconds(p50)} ({len(unavailable)} samples) | {_seconds(p99)} | {verdict} |"
         )
-    lines += [
-        "",
-        "Anomaly columns: " + ", ".join(f"{SHORT[k]} = {k}" for k in ANOMALY_KINDS) + ".",
-        "",
-    ]
-    failing = [r for r in runs if not r.get("ok")]
-    if failing:
-        lines.append("## Failing runs (kept under chaos/runs/)")
-        lines.append("")
-        for run in failing:
-            lines.append(
-                f"- {run['scenario']} seed {run['seed']}: {run.get('error') or run.get('summary')}"
-                f" — {run.get('run_dir', '')}"
-            )
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 #: RESULTS.md from this line on is not the chaos tool's: kept when it rewrites the file

@@ -33,6 +33,7 @@ from .history import HistoryWriter, history_files, load_history
 from .nemesis import (
     ALL_FAULT_KINDS,
     FAULT_KINDS,
+    HDFS_FAULT_KINDS,
     INCARNATION_FAULT_KINDS,
     MIRROR_FAULT_KINDS,
     RECREATE_PARTITIONS,
@@ -80,6 +81,14 @@ SMOKE: tuple[tuple[str, int], ...] = (
     ("incarnation", 606),
 )
 SMOKE_MIRROR: tuple[tuple[str, int], ...] = (("mirror", 679),)
+#: With store "hdfs" (a MiniDFSCluster per datacenter): the HDFS faults and a broker kill,
+#: plus the mirror's kill with two datacenters (its store reader tail-reads HDFS).
+HDFS_SCENARIOS: dict[str, tuple[str, ...]] = {"hdfs": (*HDFS_FAULT_KINDS, "kill")}
+#: Kinds that edit the posix store's files directly: not on HDFS.
+POSIX_ONLY_KINDS = ("corrupt-tail", "corrupt-sealed")
+#: The smoke's HDFS run (store "hdfs"), kept short: the MiniDFSCluster costs ~15 s to start.
+SMOKE_HDFS: tuple[tuple[str, int], ...] = (("hdfs", 808),)
+SMOKE_HDFS_DURATION = 45.0
 
 
 def mirror_unavailable() -> str | None:
@@ -104,10 +113,31 @@ def mirror_unavailable() -> str | None:
     return None
 
 
-def scenario_kinds(name: str, datacenters: int) -> tuple[str, ...]:
+def scenario_kinds(name: str, datacenters: int, store: str = "posix") -> tuple[str, ...]:
+    if store == "hdfs":
+        return hdfs_scenario_kinds(name, datacenters)
     if datacenters > 1 and name in MIRROR_SCENARIOS:
         return MIRROR_SCENARIOS[name]
     return SCENARIOS[name]
+
+
+def hdfs_scenario_kinds(name: str, datacenters: int) -> tuple[str, ...]:
+    """A scenario's kinds on HDFS: without the posix file edits, "mixed" with the HDFS
+    faults, "hdfs" with the mirror kill when there is a mirror."""
+    if name in HDFS_SCENARIOS:
+        kinds = HDFS_SCENARIOS[name] + (("kill-mirror",) if datacenters > 1 else ())
+    else:
+        base = MIRROR_SCENARIOS if datacenters > 1 and name in MIRROR_SCENARIOS else SCENARIOS
+        kinds = base[name] + (HDFS_FAULT_KINDS if name == "mixed" else ())
+    return tuple(k for k in kinds if k not in POSIX_ONLY_KINDS)
+
+
+def scenario_names(datacenters: int, store: str = "posix") -> list[str]:
+    """The scenarios that can run with this many datacenters on this store."""
+    names = set(SCENARIOS) | (set(MIRROR_SCENARIOS) if datacenters > 1 else set())
+    if store == "hdfs":
+        names = {n for n in names | set(HDFS_SCENARIOS) if hdfs_scenario_kinds(n, datacenters)}
+    return sorted(names)
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,7 @@ class RunConfig:
     rate: float = 80.0  # messages per second per producer
     keep_passing: bool = False
     datacenters: int = 1
+    store: str = "posix"  # or "hdfs": a MiniDFSCluster per datacenter
 
 
 class Interrupted(Exception):
@@ -132,23 +163,30 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def run_once(config: RunConfig) -> dict[str, Any]:
     """One run; returns its result (never raises for a failed run, only for interrupts)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = RUNS_DIR / f"{stamp}-{config.scenario}-s{config.seed}"
+    store = "" if config.store == "posix" else f"-{config.store}"
+    run_dir = RUNS_DIR / f"{stamp}-{config.scenario}{store}-s{config.seed}"
     (run_dir / "history").mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "scenario": config.scenario,
         "seed": config.seed,
         "duration": config.duration,
         "datacenters": config.datacenters,
+        "store": config.store,
         "run_dir": str(run_dir),
         "ok": False,
         "error": "",
     }
     (run_dir / "config.json").write_text(json.dumps(result | {"rate": config.rate}, indent=2))
-    harness = Harness(run_dir, datacenters=config.datacenters, session_timeout=SESSION_TIMEOUT)
+    harness = Harness(
+        run_dir,
+        datacenters=config.datacenters,
+        session_timeout=SESSION_TIMEOUT,
+        store=config.store,
+    )
     runner_history = HistoryWriter(run_dir / "history" / "runner.jsonl", "runner")
     nemesis: Nemesis | None = None
     started = time.monotonic()
-    kinds = scenario_kinds(config.scenario, config.datacenters)
+    kinds = scenario_kinds(config.scenario, config.datacenters, config.store)
     # the topic the "recreate" nemesis deletes and recreates, with a producer of its own
     extra_topics = [RECREATE_TOPIC] if set(kinds) & set(INCARNATION_FAULT_KINDS) else []
     try:
@@ -204,7 +242,9 @@ def run_once(config: RunConfig) -> dict[str, Any]:
         )
         nemesis_log = run_dir / "nemesis.log"
         nemesis = Nemesis(harness, runner_history, nemesis_log, TOPIC, SEALED_TOPIC, config.seed)
-        nemesis.note(f"seed {config.seed}, scenario {config.scenario}, schedule:")
+        nemesis.note(
+            f"seed {config.seed}, scenario {config.scenario}, store {config.store}, schedule:"
+        )
         for fault in schedule:
             nemesis.note(f"  {fault.describe()}")
         nemesis.run_in_background(schedule)
@@ -433,6 +473,13 @@ def preflight() -> str | None:
     return reason
 
 
+def hdfs_preflight() -> str | None:
+    """Why the HDFS runs cannot run here (they are left out), or None."""
+    from talos.testing.hdfs import hdfs_available
+
+    return hdfs_available()
+
+
 def run_series(configs: Sequence[RunConfig], command: str) -> list[dict[str, Any]]:
     from . import report
 
@@ -444,7 +491,11 @@ def run_series(configs: Sequence[RunConfig], command: str) -> list[dict[str, Any
             print(f"removed leftovers of dead chaos runs: {', '.join(removed)}", flush=True)
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         for config in configs:
-            print(f"== {config.scenario} seed {config.seed}, {config.duration:g} s ...", flush=True)
+            on = "" if config.store == "posix" else f" on {config.store}"
+            print(
+                f"== {config.scenario}{on} seed {config.seed}, {config.duration:g} s ...",
+                flush=True,
+            )
             result = run_once(config)
             results.append(result)
             with (RUNS_DIR / "results.jsonl").open("a") as out:

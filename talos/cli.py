@@ -92,13 +92,14 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if args.dcs > 1:
         from talos.testing.multidc import run_dev_up
 
-        if args.store != "posix":
-            raise CliError("dev up: --store hdfs runs one DC for now; drop --dcs 2")
-
         stop_all = threading.Event()
         stop_on_signals(stop_all)
         return run_dev_up(
-            data_dir, brokers=args.brokers, session_timeout=args.session_timeout, stop=stop_all
+            data_dir,
+            brokers=args.brokers,
+            session_timeout=args.session_timeout,
+            stop=stop_all,
+            store=args.store,
         )
     stop = threading.Event()
     stop_on_signals(stop)
@@ -111,12 +112,15 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         dfs.start()
         print(f"HDFS:       {dfs.url('/talos')}")
         print(f"NameNode:   http://{dfs.http_address}/", flush=True)
+    store = args.store if args.store.startswith("hdfs://") else ""
+    if store:
+        print(f"HDFS:       {store}", flush=True)
     cluster = LocalCluster(
         brokers=args.brokers,
         data_dir=str(data_dir),
         cluster=args.cluster,
         session_timeout=args.session_timeout,
-        store=dfs.url("/talos") if dfs is not None else "",
+        store=dfs.url("/talos") if dfs is not None else store,
         metrics=True,
     )
     bootstrap_file = data_dir / BOOTSTRAP_FILE
@@ -135,6 +139,23 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             dfs.stop()
         bootstrap_file.unlink(missing_ok=True)
     return 0
+
+
+def _dev_store(text: str) -> str:
+    """``dev up --store``: posix, hdfs (a MiniDFSCluster) or an existing hdfs:// URI."""
+    if text in ("posix", "hdfs"):
+        return text
+    if text.startswith("hdfs://"):
+        from talos.storage.hdfs import parse_hdfs_uri
+
+        try:
+            parse_hdfs_uri(text, "--store")
+        except InvalidArgument as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be posix, hdfs or hdfs://NAMENODE:PORT/PATH, got {text!r}"
+    )
 
 
 def cmd_dev_restart(args: argparse.Namespace) -> int:
@@ -508,9 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cluster", default="local")
     up.add_argument(
         "--store",
-        choices=("posix", "hdfs"),
+        type=_dev_store,
         default="posix",
-        help="hdfs: also start a MiniDFSCluster and keep the logs on it",
+        help="posix (default); hdfs: also start a MiniDFSCluster per DC and keep the logs "
+        "on it; hdfs://NAMENODE:PORT/PATH: an existing HDFS (DC X under PATH/X with --dcs 2)",
     )
     up.add_argument("--session-timeout", type=float, default=6.0)
     up.add_argument(

@@ -27,7 +27,7 @@ from talos.proto import talos_pb2 as pb
 from talos.record.batch import (
     iter_batches,
 )
-from talos.storage.posix import PosixLogStore
+from talos.storage.open import open_store
 from talos.storage.store import LogStore
 from talos.wire import error_from_proto
 from topology import Datacenter, Link
@@ -253,10 +253,23 @@ def close_zk(zk: KazooClient | None) -> None:
 
 
 def local_store(dc: Datacenter) -> LogStore | None:
-    """The DC's posix store when this host mounts it, else None."""
-    if dc.store.kind != "posix" or not os.path.isdir(dc.store.path):
+    """The DC's store when this host reads it (its posix directory is mounted here, or its
+    HDFS NameNode answers), else None."""
+    if dc.store.kind == "posix" and not os.path.isdir(dc.store.path):
         return None
-    return PosixLogStore(dc.store.path)
+    try:
+        store = open_store(dc.store.uri)
+    except TalosError as exc:
+        log.warning("%s's log store %s is not readable here: %s", dc.name, dc.store.uri, exc)
+        return None
+    if dc.store.kind != "posix":
+        try:
+            store.list_dir("")  # the NameNode answers (opening an HDFS client does not ask)
+        except TalosError as exc:
+            log.warning("%s's log store %s is not readable here: %s", dc.name, dc.store.uri, exc)
+            store.close()
+            return None
+    return store
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Owner written into a partition state while a tool (failback, resync) holds the partition.
 FAILBACK_OWNER = "failback"
+#: How long take_over waits for HDFS to close the previous owner's open segment.
+LEASE_RECOVERY_TIMEOUT_S = 60.0
 
 
 def take_over(
@@ -66,6 +68,9 @@ def take_over(
         incarnation=state.incarnation,
     )
     store.create_exclusive(fence_marker_path(path))
+    # HDFS: the NameNode closes the file against the previous owner and settles its
+    # length before the scan, as a broker's takeover does (posix: nothing to do).
+    store.recover_lease(path, LEASE_RECOVERY_TIMEOUT_S)
     if store.exists(path):
         scan = scan_segment(store, path, previous.base_offset)
         end, size = scan.next_offset, scan.valid_bytes

@@ -20,6 +20,12 @@ DESIGN §4 on HDFS:
 - readers of an open file use the visible length (``getVisibleLength()``), which
   includes everything hflushed, not the NameNode's length of completed blocks.
 
+Reads keep a few input streams open (:class:`_ReadStreams`): ``visible_length``
+always opens the file anew (an open file's length is fixed when a stream opens),
+and a read that stays below a length seen before reuses that stream, so the tail
+reader's "length, then read" costs one NameNode round trip and reads of sealed
+segments none.
+
 Files have the posix backend's layout (same keys, same bytes), so tools read both.
 Java exceptions are converted to :class:`StorageError` here, where they enter.
 """
@@ -33,6 +39,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +67,8 @@ CLIENT_JARS = (
 # Staging buffer between Python bytes and a Java byte[]: one memcpy on each side.
 _STAGE = 1 << 20
 DEFAULT_RECOVERY_TIMEOUT_S = 60.0
+#: Input streams kept open for reads (each holds a little memory and maybe a socket).
+DEFAULT_READ_STREAMS = 64
 
 
 def jar_dir() -> Path:
@@ -279,6 +288,74 @@ class _Staging:
             yield n
 
 
+class _ReadStreams:
+    """Open input streams by path, each with the visible length it had when opened.
+
+    Bytes below a visible length never change (segments only grow, and lease
+    recovery keeps everything hflushed), so a read inside that length can reuse the
+    stream instead of asking the NameNode again. Bounded, least recently used first
+    out; dropped when this store deletes, renames or rewrites the path. A stream
+    closed under a reader makes that read fail; the store retries it on a fresh one.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._streams: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, end: int) -> tuple[Any, int] | None:
+        """A stream whose known length covers ``end``, or None."""
+        with self._lock:
+            entry = self._streams.get(path)
+            if entry is None or entry[1] < end:
+                return None
+            self._streams.move_to_end(path)
+            return entry
+
+    def put(self, path: str, stream: Any, length: int) -> bool:
+        """Keep ``stream`` for ``path``; False when the caller must close it itself."""
+        if self.capacity <= 0:
+            return False
+        with self._lock:
+            old = self._streams.pop(path, None)
+            self._streams[path] = (stream, length)
+            dropped = [old[0]] if old is not None else []
+            while len(self._streams) > self.capacity:
+                dropped.append(self._streams.popitem(last=False)[1][0])
+        _close_all(dropped)
+        return True
+
+    def drop(self, path: str, prefix: bool = False) -> None:
+        with self._lock:
+            if prefix:
+                keys = [k for k in self._streams if k == path or k.startswith(path + "/")]
+            else:
+                keys = [path] if path in self._streams else []
+            dropped = [self._streams.pop(k)[0] for k in keys]
+        _close_all(dropped)
+
+    def drop_stream(self, path: str, stream: Any) -> None:
+        """Forget ``stream`` if it is still the one kept for ``path`` (it failed)."""
+        with self._lock:
+            entry = self._streams.get(path)
+            if entry is None or entry[0] is not stream:
+                return
+            del self._streams[path]
+        _close_all([stream])
+
+    def clear(self) -> None:
+        with self._lock:
+            dropped = [stream for stream, _ in self._streams.values()]
+            self._streams.clear()
+        _close_all(dropped)
+
+
+def _close_all(streams: list[Any]) -> None:
+    for stream in streams:
+        with contextlib.suppress(Exception):
+            stream.close()
+
+
 class HdfsAppendStream:
     """The single writer's handle on one segment file (an HdfsDataOutputStream).
 
@@ -355,8 +432,14 @@ class HdfsLogStore:
         uri: str,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        read_streams: int = DEFAULT_READ_STREAMS,
     ) -> None:
+        if isinstance(read_streams, bool) or not isinstance(read_streams, int) or read_streams < 0:
+            raise InvalidArgument(
+                f"read_streams: must be a whole number >= 0 (0: no reuse), got {read_streams!r}"
+            )
         self.fs_uri, self.root = parse_hdfs_uri(uri)
+        self._reads = _ReadStreams(read_streams)
         self.uri = self.fs_uri + (self.root if self.root != "/" else "")
         self._clock = clock
         self._sleep = sleep
@@ -416,6 +499,7 @@ class HdfsLogStore:
     def open_append(self, path: str, create: bool = True) -> HdfsAppendStream:
         jpath = self._jpath(path)
         mode = "create" if create else "existing"
+        self._reads.drop(path)
         with self._converted(f"hdfs open_append ({mode}) {self.url(path)}"):
             if create:
                 out = self._fs.create(jpath, False)
@@ -447,6 +531,7 @@ class HdfsLogStore:
 
     def write_file(self, path: str, data: bytes) -> None:
         jpath = self._jpath(path)
+        self._reads.drop(path)
         with self._converted(f"hdfs write_file {self.url(path)}"):
             tmp = self._write_tmp(path, data)
             try:
@@ -473,51 +558,87 @@ class HdfsLogStore:
     def rename(self, src: str, dst: str) -> None:
         jsrc = self._jpath(src, "src")
         jdst = self._jpath(dst, "dst")
+        self._reads.drop(src)
+        self._reads.drop(dst)
         with self._converted(f"hdfs rename {self.url(src)} -> {self.url(dst)}"):
             self._fs.mkdirs(jdst.getParent())
             self._fs.rename(jsrc, jdst, self._rename_opts.OVERWRITE)
 
     def delete(self, path: str) -> None:
         jpath = self._jpath(path)
+        self._reads.drop(path)
         with self._converted(f"hdfs delete {self.url(path)}"):
             self._fs.delete(jpath, False)
 
     def delete_tree(self, path: str) -> None:
         jpath = self._jpath(path)
+        self._reads.drop(path, prefix=True)
         with self._converted(f"hdfs delete_tree {self.url(path)}"):
             self._fs.delete(jpath, True)
 
     # -- reading -----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _open_read(self, path: str, jpath: Any, keep: bool = True) -> Iterator[tuple[Any, int]]:
+        """A new input stream and the visible length it sees, kept for later reads (or
+        closed after use when it is not kept)."""
+        stream = self._fs.open(jpath)
+        try:
+            length = int(stream.getVisibleLength())
+        except BaseException:
+            stream.close()
+            raise
+        kept = keep and self._reads.put(path, stream, length)
+        try:
+            yield stream, length
+        finally:
+            if not kept:
+                stream.close()
+
     def visible_length(self, path: str) -> int:
         jpath = self._jpath(path)
-        with self._converted(f"hdfs visible_length {self.url(path)}"):
-            stream = self._fs.open(jpath)
-            try:
-                return int(stream.getVisibleLength())
-            finally:
-                stream.close()
+        with (
+            self._converted(f"hdfs visible_length {self.url(path)}"),
+            self._open_read(path, jpath) as (_, length),
+        ):
+            return length
 
     def read(self, path: str, position: int, length: int) -> bytes:
         jpath = self._jpath(path)
         check_range(position, "position")
         check_range(length, "length")
-        with self._converted(f"hdfs read {self.url(path)}"):
-            stream = self._fs.open(jpath)
+        kept = self._reads.get(path, position + length)
+        if kept is not None:
             try:
-                end = min(position + length, int(stream.getVisibleLength()))
-                if end <= position:
-                    return b""
-                parts: list[bytes] = []
-                pos = position
-                while pos < end:
-                    n = min(end - pos, _STAGE)
-                    buf = self.jpype.JArray(self.jpype.JByte)(n)
-                    stream.readFully(pos, buf, 0, n)
-                    parts.append(bytes(memoryview(buf)))
-                    pos += n
-            finally:
-                stream.close()
+                return self._read_from(kept[0], kept[1], position, length)
+            except self.jpype.JException:
+                # closed under us, or the file went away: a fresh stream decides
+                self._reads.drop_stream(path, kept[0])
+        try:
+            with self._open_read(path, jpath) as (stream, visible):
+                return self._read_from(stream, visible, position, length)
+        except self.jpype.JException:
+            # Another reader of this path may have replaced (and closed) the stream just
+            # kept; a stream of our own decides, and its error is the answer.
+            pass
+        with (
+            self._converted(f"hdfs read {self.url(path)}"),
+            self._open_read(path, jpath, keep=False) as (stream, visible),
+        ):
+            return self._read_from(stream, visible, position, length)
+
+    def _read_from(self, stream: Any, visible: int, position: int, length: int) -> bytes:
+        end = min(position + length, visible)
+        if end <= position:
+            return b""
+        parts: list[bytes] = []
+        pos = position
+        while pos < end:
+            n = min(end - pos, _STAGE)
+            buf = self.jpype.JArray(self.jpype.JByte)(n)
+            stream.readFully(pos, buf, 0, n)
+            parts.append(bytes(memoryview(buf)))
+            pos += n
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def exists(self, path: str) -> bool:
@@ -612,6 +733,7 @@ class HdfsLogStore:
             ) from None
 
     def close(self) -> None:
+        self._reads.clear()
         with contextlib.suppress(self.jpype.JException):
             self._fs.close()
 

@@ -3,23 +3,24 @@
 Used by the tests, ``talos dev up --store hdfs`` and the HDFS demo. The cluster runs
 as a child JVM (our launcher ``io.talos.hadoop.MiniDfs``, compiled by
 ``make hadoop-jars``) with its own data directory; it stops when its stdin closes,
-so it never outlives the process that started it.
+so it never outlives the process that started it. Through the same stdin it takes
+commands (``stop_datanode``, ``restart_datanodes``, ``stop_namenode``,
+``start_namenode``): the HDFS faults of the chaos harness.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-from types import TracebackType
+from collections.abc import Sequence
 
 from talos.errors import StorageError
 from talos.storage.hdfs import MAKE_TARGET, classes_dir, hadoop_classpath, java_missing
+from talos.testing.process import Server, stop_process_group
 
 LAUNCHER = "io.talos.hadoop.MiniDfs"
 
@@ -38,7 +39,7 @@ def hdfs_available() -> str | None:
     return None
 
 
-class MiniDfsCluster:
+class MiniDfsCluster(Server):
     """``with MiniDfsCluster() as dfs: dfs.uri`` (``hdfs://127.0.0.1:PORT``)."""
 
     def __init__(
@@ -47,10 +48,17 @@ class MiniDfsCluster:
         data_dir: str | None = None,
         log_path: str | None = None,
         quick_start: bool = True,
+        bind_host: str = "127.0.0.1",
+        exec_prefix: Sequence[str] = (),
     ) -> None:
         if isinstance(datanodes, bool) or not isinstance(datanodes, int) or datanodes < 1:
             raise ValueError(f"datanodes: must be a positive integer, got {datanodes!r}")
         self.datanodes = datanodes
+        # Where the NameNode and DataNodes listen; exec_prefix runs the JVM elsewhere
+        # (the chaos harness: `ip netns exec NS`, bind_host the namespace's address).
+        self.bind_host = bind_host
+        self.exec_prefix = list(exec_prefix)
+        self._out = b""
         # C1 only: about 30% less CPU to start (measured 12.6 -> 8.9 s), slower at peak;
         # benchmarks turn it off.
         self.quick_start = quick_start
@@ -84,6 +92,7 @@ class MiniDfsCluster:
         os.makedirs(self.data_dir, exist_ok=True)
         classpath = ":".join([str(classes_dir()), *hadoop_classpath(minicluster=True)])
         cmd = [
+            *self.exec_prefix,
             "java",
             "-Xmx768m",
             "-XX:+UseSerialGC",
@@ -95,6 +104,7 @@ class MiniDfsCluster:
             LAUNCHER,
             os.path.join(self.data_dir, "dfs"),
             str(self.datanodes),
+            self.bind_host,
         ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -104,19 +114,8 @@ class MiniDfsCluster:
                 stderr=log,
                 start_new_session=True,
             )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline and not line.endswith(b"\n"):
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
-            if ready:
-                chunk = os.read(self.process.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                line += chunk
-            elif self.process.poll() is not None:
-                break
-        words = line.decode(errors="replace").split()
+        line = self._read_line(timeout)
+        words = line.split()
         if len(words) != 3 or words[0] != "READY":
             code = self.process.poll()
             self.stop()
@@ -126,6 +125,59 @@ class MiniDfsCluster:
             )
         self.uri, self.http_address = words[1], words[2].replace("localhost", "127.0.0.1")
 
+    def _read_line(self, timeout: float) -> str:
+        """The launcher's next stdout line ("" if it exited or ``timeout`` passed)."""
+        proc = self.process
+        if proc is None or proc.stdout is None:
+            return ""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._out and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                self._out += chunk
+            elif proc.poll() is not None:
+                break
+        line, sep, rest = self._out.partition(b"\n")
+        if not sep:
+            return ""
+        self._out = rest
+        return line.decode(errors="replace").strip()
+
+    def command(self, text: str, timeout: float = 120.0) -> str:
+        """Send one control command to the launcher; its answer after ``OK``."""
+        proc = self.process
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            raise StorageError(f"MiniDFSCluster {self.uri}: not running ({text})")
+        try:
+            proc.stdin.write(text.encode() + b"\n")
+            proc.stdin.flush()
+        except OSError as exc:
+            raise StorageError(f"MiniDFSCluster {self.uri}: {text}: {exc}") from None
+        reply = self._read_line(timeout)
+        if not reply.startswith("OK"):
+            raise StorageError(
+                f"MiniDFSCluster {self.uri}: {text}: {reply or 'no answer'}; see {self.log_path}"
+            )
+        return reply[2:].strip()
+
+    def stop_datanode(self, index: int) -> str:
+        """Shut one DataNode down (index modulo the running ones); returns its address."""
+        return self.command(f"stop-datanode {int(index)}").removeprefix("stopped ").strip()
+
+    def restart_datanodes(self) -> None:
+        """Every stopped DataNode back, on its old ports."""
+        self.command("restart-datanodes")
+
+    def stop_namenode(self) -> None:
+        self.command("stop-namenode")
+
+    def start_namenode(self) -> None:
+        """The NameNode back on its old ports, out of safe mode, DataNodes registered."""
+        self.command("start-namenode", timeout=180.0)
+
     def url(self, path: str) -> str:
         """An hdfs:// URL on this cluster: ``url("/talos")``."""
         return f"{self.uri}/{path.lstrip('/')}"
@@ -133,29 +185,13 @@ class MiniDfsCluster:
     def stop(self) -> None:
         proc = self.process
         self.process = None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGCONT)
-                if proc.stdin is not None:
-                    proc.stdin.close()  # the launcher shuts the cluster down on EOF
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, timeout=20, ask=_close_stdin)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> MiniDfsCluster:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()  # the launcher shuts the cluster down on EOF

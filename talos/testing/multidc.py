@@ -4,6 +4,11 @@
 Each DC is a :class:`LocalCluster` with its own ZooKeeper, log store and
 brokers; the mirror worker is a real ``talos mirror run`` process.
 
+The log stores are posix directories, or on HDFS: ``store="hdfs"`` starts one
+MiniDFSCluster per DC (``talos dev up --store hdfs --dcs 2``), and an
+``hdfs://NAMENODE:PORT/PATH`` puts DC ``X`` under ``PATH/X`` of an existing HDFS.
+The mirror's store reader then tail-reads the source DC's HDFS.
+
 With ``wan_dcs`` the brokers of those DCs are reached only through a
 :class:`TcpProxy` (WAN emulation): the brokers advertise a second loopback
 address (127.0.0.2) where a proxy listens on the same port and forwards to
@@ -30,6 +35,7 @@ from typing import TextIO
 
 from talos.errors import InvalidArgument, TalosError
 from talos.testing.cluster import LocalCluster
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.process import Server
 from talos.testing.proxy import TcpProxy
 from talos.testing.supervisor import supervise
@@ -106,6 +112,8 @@ class DataCenter:
     cluster: LocalCluster
     #: broker id -> the proxy in front of it (WAN DCs only).
     proxies: dict[str, TcpProxy] = field(default_factory=dict)
+    #: The MiniDFSCluster holding this DC's logs (store "hdfs" only).
+    dfs: MiniDfsCluster | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -139,7 +147,12 @@ class MultiDC(Server):
         start_mirror: bool = True,
         mirror_args: Sequence[str] = (),
         metrics: bool = False,
+        store: str = "posix",
     ) -> None:
+        if store not in ("posix", "hdfs") and not store.startswith("hdfs://"):
+            raise InvalidArgument(
+                f"store: must be 'posix', 'hdfs' or hdfs://NAMENODE:PORT/PATH, got {store!r}"
+            )
         if len(set(dc_names)) != len(dc_names) or len(dc_names) < 1:
             raise InvalidArgument(f"dc_names: must be distinct names, got {list(dc_names)}")
         for source, target in links:
@@ -167,6 +180,7 @@ class MultiDC(Server):
         self.start_mirror = start_mirror
         self.mirror_args = tuple(mirror_args)
         self.metrics = metrics  # brokers and mirror workers serve /metrics
+        self.store = store
         self.dcs: dict[str, DataCenter] = {}
         self.mirrors: list[MirrorProcess] = []
         self.topology_path = self.data_dir / TOPOLOGY_FILE
@@ -176,8 +190,44 @@ class MultiDC(Server):
 
     # -- lifecycle --
 
+    def _start_hdfs(self) -> dict[str, MiniDfsCluster]:
+        """One MiniDFSCluster per DC, started side by side (each takes ~10 s of CPU)."""
+        clusters = {
+            name: MiniDfsCluster(datanodes=3, data_dir=str(self.data_dir / name / "hdfs"))
+            for name in self.dc_names
+        }
+        errors: list[BaseException] = []
+
+        def start(dfs: MiniDfsCluster) -> None:
+            try:
+                dfs.start()
+            except BaseException as exc:  # reported below, after every thread ended
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(d,)) for d in clusters.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            for dfs in clusters.values():
+                dfs.stop()
+            raise errors[0]
+        return clusters
+
+    def _store_for(self, name: str, dfs: dict[str, MiniDfsCluster]) -> str:
+        """DC ``name``'s store URI for its brokers ("" keeps posix in its data dir)."""
+        if name in dfs:
+            return dfs[name].url("/talos")
+        if self.store.startswith("hdfs://"):
+            return f"{self.store.rstrip('/')}/{name}"
+        return ""
+
     def start(self, timeout: float = 60.0) -> MultiDC:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        dfs = self._start_hdfs() if self.store == "hdfs" else {}
+        if self.store != "posix":
+            timeout = max(timeout, 180.0)  # brokers start a JVM each
         for name in self.dc_names:
             directory = str(self.data_dir / name)
             wan = name in self.wan_dcs
@@ -188,8 +238,9 @@ class MultiDC(Server):
                 session_timeout=self.session_timeout,
                 advertised_host=WAN_HOST if wan else "",
                 metrics=self.metrics,
+                store=self._store_for(name, dfs),
             )
-            dc = DataCenter(name, cluster)
+            dc = DataCenter(name, cluster, dfs=dfs.get(name))
             self.dcs[name] = dc
             cluster.zookeeper.start()
             for _ in range(self.brokers):
@@ -222,6 +273,8 @@ class MultiDC(Server):
             for proxy in dc.proxies.values():
                 proxy.stop()
             dc.cluster.stop()
+            if dc.dfs is not None:
+                dc.dfs.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -233,7 +286,9 @@ class MultiDC(Server):
                 name=name,
                 zookeeper=dc.zookeeper,
                 cluster=dc.cluster.cluster,
-                store=StoreSpec.parse(f"posix:{os.path.abspath(dc.cluster.store_dir)}"),
+                store=StoreSpec.parse(
+                    dc.cluster.store or f"posix:{os.path.abspath(dc.cluster.store_dir)}"
+                ),
                 brokers=tuple(dc.bootstrap.split(",")),
             )
             for name, dc in self.dcs.items()
@@ -357,6 +412,7 @@ def run_dev_up(
     stop: threading.Event,
     dc_names: Sequence[str] = DEFAULT_DC_NAMES,
     out: TextIO | None = None,
+    store: str = "posix",
 ) -> int:
     """Run two DCs with a mirror link A→B until ``stop`` is set (Ctrl-C, SIGTERM).
 
@@ -374,6 +430,7 @@ def run_dev_up(
         links=((names[0], names[1]),),
         session_timeout=session_timeout,
         metrics=True,
+        store=store,
     )
     written: list[Path] = []
 
@@ -381,9 +438,11 @@ def run_dev_up(
         print(text, file=out, flush=True)
 
     try:
+        hdfs = {"posix": "", "hdfs": ", its own MiniDFSCluster (1 NameNode, 3 DataNodes)"}
         say(
             f"starting {len(names)} datacenters ({', '.join(names)}), each with its own "
-            f"ZooKeeper and {brokers} broker(s), in {directory} ..."
+            f"ZooKeeper{hdfs.get(store, f', logs under {store}')} and {brokers} broker(s), "
+            f"in {directory} ..."
         )
         deployment.start()
         for name, dc in deployment.dcs.items():
@@ -391,6 +450,10 @@ def run_dev_up(
             path.write_text(dc.bootstrap + "\n")
             written.append(path)
             say(f"DC {name}: ZooKeeper {dc.zookeeper}  bootstrap {dc.bootstrap}  ({path})")
+            if dc.cluster.store:
+                say(f"DC {name}: HDFS       {dc.cluster.store}")
+            if dc.dfs is not None:
+                say(f"DC {name}: NameNode   http://{dc.dfs.http_address}/")
         first = directory / BOOTSTRAP_FILE
         first.write_text(deployment.dc(names[0]).bootstrap + "\n")
         written.append(first)

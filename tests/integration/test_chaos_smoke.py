@@ -87,3 +87,43 @@ def test_partition_heal_and_teardown() -> None:
     assert network.tag not in _namespaces()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert network.tag not in links
+
+
+def test_link_joins_two_hosts_of_different_datacenters() -> None:
+    """The mirror host of dc2 reaches dc1's HDFS host only over the routes link() adds."""
+    reason = why_unsupported()
+    if reason is not None:
+        pytest.skip(reason)
+    network = Network()
+    server = None
+    try:
+        network.setup()
+        dfs = network.add_host("dfs", 1, 3)
+        mirror = network.add_host("mirror", 2, 50)
+        server = subprocess.Popen(
+            [*dfs.exec_prefix(), sys.executable, "-c", _SERVE, dfs.ip, "7101"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+        def connect() -> str:
+            done = subprocess.run(
+                [*mirror.exec_prefix(), sys.executable, "-c", _CONNECT, dfs.ip, "7101"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return done.stdout.strip()
+
+        assert connect().startswith("failed")  # another datacenter: no route
+        network.link(mirror, dfs)
+        assert connect() == "connected"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+        network.teardown()
+    assert network.tag not in _namespaces()

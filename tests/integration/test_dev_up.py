@@ -10,13 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from talos.client import Admin, Producer
+from talos.client import Admin, Consumer, Producer
 from talos.errors import TalosError
+from talos.storage.hdfs import HdfsLogStore
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.supervisor import PID_FILE, control_dir
 from talos.testing.zookeeper import zookeeper_available
 
@@ -173,3 +176,91 @@ def test_two_dcs_a_killed_mirror_worker_is_restarted_and_copies_again(dev_dir: P
                 time.sleep(0.2)
     finally:
         assert dev.stop() == 0
+
+
+def test_two_dcs_on_hdfs_copy_a_to_b_with_the_same_offsets_and_promote_reads_a(
+    dev_dir: Path, hdfs_cluster: MiniDfsCluster
+) -> None:
+    """`dev up --dcs 2` with both DCs' logs on HDFS (under PATH/A and PATH/B of the
+    session's MiniDFSCluster): the mirror's store reader tail-reads A's HDFS, and once
+    A's broker is dead, promote measures the gap from A's segments on HDFS."""
+    from mirror.failover import PromoteOptions, promote
+    from talos.testing.multidc import mirror_available
+    from topology import load_topology
+
+    reason = mirror_available()
+    if reason is not None:
+        pytest.skip(f"needs the mirror worker: {reason}")
+    root = hdfs_cluster.url(f"devup-{uuid.uuid4().hex[:8]}")
+    dev = DevUp(dev_dir, "--dcs", "2", "--brokers", "1", "--session-timeout", "3", "--store", root)
+    try:
+        dev.wait_line(rf"^DC A: HDFS\s+{re.escape(root)}/A$", timeout=180)
+        dev.wait_line(rf"^DC B: HDFS\s+{re.escape(root)}/B$")
+        dev.wait_line(r"^mirror:\s+link A:B \(pid \d+")
+        a_broker = int(dev.wait_line(r"^broker A/b1: \S+ pid (\d+)").group(1))
+        worker = int(dev.wait_line(r"^mirror A:B: pid (\d+)").group(1))
+        topology = (dev_dir / "topology.toml").read_text()
+        assert f'store = "{root}/A"' in topology and f'store = "{root}/B"' in topology
+
+        source = (dev_dir / "bootstrap-A").read_text().strip()
+        target = (dev_dir / "bootstrap-B").read_text().strip()
+        with Admin(source) as admin:
+            admin.create_topic("on-hdfs", 2)
+            admin.wait_until_ready("on-hdfs")
+        acked = produce(source, "m", 40)
+        copied: dict[tuple[int, int], bytes] = {}
+        deadline = time.monotonic() + 120
+        with Consumer(target, auto_offset_reset="earliest") as consumer:
+            while len(copied) < len(acked):
+                assert time.monotonic() < deadline, f"B has {len(copied)} of {len(acked)}"
+                try:
+                    if not consumer.assignment():
+                        consumer.assign([("on-hdfs", 0), ("on-hdfs", 1)])
+                    for m in consumer.poll(timeout_s=1.0):
+                        copied[(m.partition, m.offset)] = m.value or b""
+                except TalosError:  # the worker has not created the mirror topic yet
+                    time.sleep(0.5)
+        assert copied == acked
+
+        store = HdfsLogStore(root)
+        try:
+            assert store.list_dir("A") and store.list_dir("B")  # each DC's segments
+        finally:
+            store.close()
+
+        # The link is cut, A takes 6 more messages per partition, then A's broker dies
+        # (its open segments stay open on HDFS): promote reads A from HDFS.
+        os.kill(worker, signal.SIGKILL)
+        dev.wait_line(r"mirror A:B was killed by SIGKILL")
+        lost = produce(source, "lost", 12)
+        os.kill(a_broker, signal.SIGKILL)
+        dev.wait_line(r"broker A/b1 was killed by SIGKILL")
+        report = promote(
+            load_topology(dev_dir / "topology.toml"),
+            "A:B",
+            PromoteOptions(source_timeout_s=5.0),
+        )
+        ends = {p: 1 + max(o for q, o in acked if q == p) for p in (0, 1)}
+        assert [p.target_end for p in report.partitions] == [ends[0], ends[1]]
+        assert [p.gap_messages for p in report.partitions] == [6, 6]
+        assert [p.source_end for p in report.partitions] == [
+            1 + max(o for q, o in lost if q == p) for p in (0, 1)
+        ]
+        assert {p.basis for p in report.partitions} == {"source"}
+    finally:
+        assert dev.stop() == 0
+
+
+def produce(bootstrap: str, tag: str, count: int) -> dict[tuple[int, int], bytes]:
+    """``count`` messages over partitions 0 and 1: (partition, offset) -> value."""
+    acked: dict[tuple[int, int], bytes] = {}
+    with Producer(bootstrap) as producer:
+        futures = {
+            f"{tag}{i}".encode(): producer.send("on-hdfs", f"{tag}{i}".encode(), partition=i % 2)
+            for i in range(count)
+        }
+        producer.flush()
+        for value, future in futures.items():
+            meta = future.result(timeout=60)
+            acked[(meta.partition, meta.offset)] = value
+    return acked

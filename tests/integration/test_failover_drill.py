@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from talos.coord.groups import GroupStore
 from talos.coord.topics import TopicStore
 from talos.coord.zk import connect
 from talos.errors import InvalidArgument, ReadOnlyMirror, TalosError
+from talos.testing.hdfs import MiniDfsCluster
 from talos.testing.multidc import MultiDC, mirror_available
 from talos.testing.zookeeper import zookeeper_available
 from topology import Topology, TopologyError
@@ -51,10 +54,15 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture
-def dcs(tmp_path: Path) -> Iterator[MultiDC]:
+def dcs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MultiDC]:
+    """Two DCs on posix stores, or (param "hdfs") under two roots of the session's HDFS."""
     reason = _skip_reason()
     if reason is not None:
         pytest.skip(f"needs ZooKeeper and the mirror worker: {reason}")
+    store = "posix"
+    if getattr(request, "param", "posix") == "hdfs":
+        hdfs: MiniDfsCluster = request.getfixturevalue("hdfs_cluster")
+        store = hdfs.url(f"failover-{uuid.uuid4().hex[:8]}")
     with MultiDC(
         str(tmp_path / "dcs"),
         brokers=2,
@@ -63,6 +71,7 @@ def dcs(tmp_path: Path) -> Iterator[MultiDC]:
         offset_sync_interval_s=1.0,
         session_timeout=3.0,
         start_mirror=False,
+        store=store,
     ) as deployment:
         yield deployment
 
@@ -199,6 +208,23 @@ def b_promotion(dcs: MultiDC) -> Any:
         zk.close()
 
 
+@pytest.mark.parametrize(
+    "dcs",
+    [
+        "posix",
+        pytest.param(
+            "hdfs",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    not os.environ.get("TALOS_SLOW_TESTS"),
+                    reason="about 4 minutes on 2 cores: `make test-slow` (TALOS_SLOW_TESTS=1)",
+                ),
+            ],
+        ),
+    ],
+    indirect=True,
+)
 def test_promote_and_failback_archive_and_truncate_what_b_never_got(dcs: MultiDC) -> None:
     topology = topology_of(dcs)
     create_topic(dcs)

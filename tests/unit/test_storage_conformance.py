@@ -360,3 +360,51 @@ def test_posix_root_names_in_errors(tmp_path: Path) -> None:
     store = PosixLogStore(str(tmp_path / "store"))
     with pytest.raises(StorageError, match=re.escape(str(tmp_path / "store" / "a" / "x"))):
         store.read("a/x", 0, 1)
+
+
+def test_a_reader_sees_a_growing_file_grow(store: LogStore, other: LogStore) -> None:
+    """Reads below a length seen before and reads past it (a reader may keep streams)."""
+    stream = other.open_append("c/t/0/grow.log")
+    stream.append(b"a" * 100)
+    stream.flush(Durability.FLUSH)
+    assert store.visible_length("c/t/0/grow.log") == 100
+    assert store.read("c/t/0/grow.log", 0, 100) == b"a" * 100
+    stream.append(b"b" * 50)
+    stream.flush(Durability.FLUSH)
+    assert store.read("c/t/0/grow.log", 90, 20) == b"a" * 10 + b"b" * 10  # past 100
+    assert store.read("c/t/0/grow.log", 0, 1000) == b"a" * 100 + b"b" * 50
+    stream.append(b"c" * 10)
+    stream.flush(Durability.FLUSH)
+    assert store.visible_length("c/t/0/grow.log") == 160
+    assert store.read("c/t/0/grow.log", 150, 10) == b"c" * 10
+    stream.close()
+
+
+def test_reads_follow_this_stores_rewrites_and_deletes(store: LogStore) -> None:
+    store.write_file("a/x", b"first content")
+    assert store.read("a/x", 0, 5) == b"first"
+    store.write_file("a/x", b"other content")
+    assert store.read("a/x", 0, 5) == b"other"
+    store.rename("a/x", "a/y")
+    store.write_file("a/x", b"third")
+    assert store.read("a/x", 0, 5) == b"third"
+    assert store.read("a/y", 0, 5) == b"other"
+    store.delete("a/x")
+    with pytest.raises(StorageError):
+        store.read("a/x", 0, 5)
+    store.delete_tree("a")
+    with pytest.raises(StorageError):
+        store.read("a/y", 0, 5)
+
+
+def test_a_rewrite_by_another_instance_is_seen_after_its_length(
+    store: LogStore, other: LogStore
+) -> None:
+    """Whole-file rewrites (indexes, snapshots) are read after visible_length, which
+    always asks the store anew."""
+    store.write_file("a/idx", b"old-old-old")
+    assert _read_all(store, "a/idx") == b"old-old-old"
+    other.write_file("a/idx", b"new-new-new-new")
+    assert _read_all(store, "a/idx") == b"new-new-new-new"
+    other.write_file("a/idx", b"short")
+    assert _read_all(store, "a/idx") == b"short"

@@ -117,6 +117,48 @@ def test_large_appends_cross_the_staging_buffer(store: HdfsLogStore, other: Hdfs
     stream.close()
 
 
+def test_readers_racing_over_few_kept_streams_read_right(root: str, other: HdfsLogStore) -> None:
+    """One kept stream for two growing files and three reading threads: streams are
+    replaced and closed under readers all the time; every read still returns the right
+    bytes (a read on a stream closed under it is retried on one of its own)."""
+    store = HdfsLogStore(root, read_streams=1)
+    paths = ["race/a.log", "race/b.log"]
+    writers = [other.open_append(p) for p in paths]
+    for n, out in enumerate(writers):
+        out.append(bytes([65 + n]) * 4096)
+        out.flush(Durability.FLUSH)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        try:
+            for i in range(60):
+                n = (seed + i) % 2
+                end = store.visible_length(paths[n])
+                at = (i * 997) % (end - 100)
+                assert store.read(paths[n], at, 100) == bytes([65 + n]) * 100
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(20):  # the files grow meanwhile
+        for n, out in enumerate(writers):
+            out.append(bytes([65 + n]) * 512)
+            out.flush(Durability.FLUSH)
+    for thread in threads:
+        thread.join()
+    for out in writers:
+        out.close()
+    store.close()
+    assert not errors, errors[0]
+
+
+def test_read_streams_must_be_a_count(root: str) -> None:
+    with pytest.raises(InvalidArgument, match="read_streams"):
+        HdfsLogStore(root, read_streams=-1)
+
+
 def test_exclusive_create_of_an_empty_marker_race(root: str) -> None:
     """Racers for an empty marker: the losers meet the winner's open file (its lease),
     not a closed one, and must still answer False."""
@@ -313,3 +355,36 @@ def test_open_store_picks_the_backend_from_the_uri(tmp_path: Path, root: str) ->
     for bad in ["s3://bucket/x", "", None]:
         with pytest.raises(InvalidArgument, match="store"):
             open_store(bad)
+
+
+def test_writes_go_on_through_a_stopped_datanode_and_a_restarted_namenode(
+    hdfs_cluster: MiniDfsCluster, store: HdfsLogStore, other: HdfsLogStore
+) -> None:
+    """The chaos harness's HDFS faults, through the launcher's control channel: an open
+    segment keeps taking hflushed appends while a DataNode is down and while the
+    NameNode is down; readers see all of it once the NameNode is back."""
+    out = store.open_append("faults/seg.log")
+    out.append(b"a" * 1000)
+    out.flush(Durability.FLUSH)
+    stopped = hdfs_cluster.stop_datanode(1)
+    assert stopped.rsplit(":", 1)[-1].isdigit()  # HOST:PORT of the one stopped
+    try:
+        out.append(b"b" * 1000)
+        out.flush(Durability.FLUSH)  # the pipeline goes on with the other two
+        assert other.read("faults/seg.log", 0, 5000) == b"a" * 1000 + b"b" * 1000
+    finally:
+        hdfs_cluster.restart_datanodes()
+    hdfs_cluster.stop_namenode()
+    try:
+        out.append(b"c" * 1000)
+        out.flush(Durability.FLUSH)  # hflush needs the DataNodes only
+        with pytest.raises(StorageError, match=r"hdfs visible_length hdfs://"):
+            other.visible_length("faults/seg.log")
+    finally:
+        hdfs_cluster.start_namenode()
+    assert other.visible_length("faults/seg.log") == 3000
+    other.write_file("faults/after", b"x")  # out of safe mode: creates work again
+    out.close()
+    assert other.read("faults/seg.log", 2000, 1000) == b"c" * 1000
+    with pytest.raises(StorageError, match="unknown command"):
+        hdfs_cluster.command("meteor")
