@@ -14,12 +14,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from talos import aio
 from talos.config import UNLIMITED, TopicConfig
 from talos.errors import InvalidArgument, TalosError
 from talos.signals import stop_on_signals
+from talos.storage.hdfs import jvm_started
 
 DEFAULT_DEV_DIR = "var/dev"
 BOOTSTRAP_FILE = "bootstrap"
@@ -648,5 +649,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> NoReturn:
+    """The ``talos`` command: main(), then an exit that survives a JVM in the process.
+
+    Python's finalization ends threads that still wait for the GIL with pthread_exit;
+    when one of them is a JVM thread inside JPype's C++ frames, the process aborts
+    ("FATAL: exception not rethrown") instead of exiting with main()'s code. A process
+    that started the JVM (an HDFS store) therefore flushes its output and leaves with
+    os._exit: its durable state is on HDFS and in ZooKeeper, not in atexit handlers.
+    """
+    code = main()
+    if jvm_started():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -148,6 +148,14 @@ def _jvm() -> Any:
         return jpype
 
 
+def jvm_started() -> bool:
+    """Whether this process runs a JVM (without importing JPype when it does not)."""
+    import sys
+
+    jpype = sys.modules.get("jpype")
+    return jpype is not None and bool(jpype.isJVMStarted())
+
+
 def _configure_java_logging(jpype: Any) -> None:
     """Hadoop logs WARN and above to stderr (stdout belongs to the program); the rest,
     and the warning that no native library is used, is noise for a broker."""
