@@ -198,11 +198,22 @@ typedef struct {
     Py_ssize_t count;
     long long first_ts;
     long long max_ts;
+    int broken; /* an allocation failed while resizing: the records are gone */
 } Builder;
+
+static int
+builder_broken(Builder *self)
+{
+    PyErr_SetString(PyExc_MemoryError,
+                    "batch builder lost its records to an allocation failure; discard it");
+    return -1;
+}
 
 static int
 builder_reserve(Builder *self, Py_ssize_t extra)
 {
+    if (self->broken)
+        return builder_broken(self);
     if (self->buf == NULL) {
         Py_ssize_t cap = HEADER_SIZE + 256;
         if (self->built != NULL) {
@@ -229,8 +240,10 @@ builder_reserve(Builder *self, Py_ssize_t extra)
         Py_ssize_t cap = self->cap < PY_SSIZE_T_MAX / 2 ? self->cap * 2 : PY_SSIZE_T_MAX;
         if (cap < need)
             cap = need;
-        if (_PyBytes_Resize(&self->buf, cap) < 0)
+        if (_PyBytes_Resize(&self->buf, cap) < 0) { /* it freed the old buffer */
+            self->broken = 1;
             return -1;
+        }
         self->cap = cap;
     }
     return 0;
@@ -384,8 +397,21 @@ Builder_append(Builder *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         goto slow;
     if (key != Py_None && !PyBytes_CheckExact(key))
         goto slow;
-    if (!PyTuple_CheckExact(headers) && !PyList_CheckExact(headers))
-        goto slow;
+    if (!PyTuple_CheckExact(headers)) {
+        if (!PyList_CheckExact(headers))
+            goto slow;
+        if (PyList_GET_SIZE(headers) == 0) {
+            headers = empty_tuple;
+        } else { /* a snapshot: nothing may change the list under the pointers kept below */
+            PyObject *snapshot = PyList_AsTuple(headers);
+            if (snapshot == NULL)
+                return NULL;
+            PyObject *result = Builder_append(self, (PyObject *[]){value, key, ts_obj, snapshot},
+                                              4, NULL);
+            Py_DECREF(snapshot);
+            return result;
+        }
+    }
 
     int64_t delta = 0;
     if (self->count && __builtin_sub_overflow((int64_t)ts, (int64_t)self->first_ts, &delta))
@@ -407,13 +433,13 @@ Builder_append(Builder *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         value_len = PyBytes_GET_SIZE(value);
         body += uvarint_size((uint64_t)value_len << 1) + value_len;
     }
-    Py_ssize_t nheaders = PySequence_Fast_GET_SIZE(headers);
+    Py_ssize_t nheaders = PyTuple_GET_SIZE(headers);
     HeaderPart parts[MAX_FAST_HEADERS];
     if (nheaders > MAX_FAST_HEADERS)
         goto slow;
     body += uvarint_size((uint64_t)nheaders);
     for (Py_ssize_t i = 0; i < nheaders; i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        PyObject *pair = PyTuple_GET_ITEM(headers, i);
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
             goto slow;
         PyObject *name = PyTuple_GET_ITEM(pair, 0), *hvalue = PyTuple_GET_ITEM(pair, 1);
@@ -503,8 +529,10 @@ Builder_seal(Builder *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (total != self->cap) {
-        if (_PyBytes_Resize(&self->buf, total) < 0)
+        if (_PyBytes_Resize(&self->buf, total) < 0) {
+            self->broken = 1;
             return NULL;
+        }
         self->cap = total;
     }
     uint8_t *b = (uint8_t *)PyBytes_AS_STRING(self->buf);

@@ -167,6 +167,8 @@ def test_other_buffer_types_and_int_likes_encode_alike() -> None:
         builder = cls()
         builder.append(bytearray(b"value"), memoryview(b"key"), True)
         builder.append(b"v", None, TS, [("h", bytearray(b"x"))])
+        builder.append(b"v", None, TS, [("h", b"x"), ("n", None)])  # a list of headers
+        builder.append(b"v", None, TS, [])
         builder.append(value=b"kw", timestamp_ms=TS + 1, key=b"k", headers=(("a", None),))
         return builder.build()
 
