@@ -70,32 +70,6 @@ READ_CHUNK_BYTES = 1024 * 1024
 RETIRE_ATTEMPTS = 20
 #: How long a takeover waits for HDFS to close the previous owner's open segment.
 LEASE_RECOVERY_TIMEOUT_S = 60.0
-#: Largest produce request written on the event loop itself (see :func:`write_inline`).
-INLINE_MAX_BYTES = 256 * 1024
-#: Requests closer together than this go to the worker, where they group-commit.
-INLINE_MIN_GAP_S = 0.0005
-
-
-def write_inline(
-    *, durability: str, store: str, nbytes: int, idle: bool, since_last_s: float
-) -> bool:
-    """Whether a produce request is appended on the event loop instead of the worker.
-
-    The worker costs two thread hand-offs per request (loop -> worker -> loop),
-    each a GIL hand-over that can wait for the other thread's switch interval: most
-    of a lone request's latency. A posix ``flush`` append is a write(2) into the page
-    cache and two stat(2) calls (the fence check), microseconds, so a small request
-    to an idle partition is served where it arrives. Everything else keeps the
-    worker: ``sync`` (fdatasync takes milliseconds), HDFS (hflush is a round trip),
-    big requests, and bursts, which group-commit there into one write.
-    """
-    return (
-        durability == "flush"
-        and store == "posix"
-        and idle
-        and nbytes <= INLINE_MAX_BYTES
-        and since_last_s >= INLINE_MIN_GAP_S
-    )
 
 
 @dataclass
@@ -201,9 +175,6 @@ class PartitionLog:
         self._lock = threading.Lock()
         self._pending: list[PendingAppend] = []
         self._scheduled = False
-        self._running = False  # _service is running (on the worker, or inline on the loop)
-        self._inline = False  # _service is running inline on the event loop
-        self._last_submit = 0.0  # monotonic time of the last produce request
         self._release_requested = False
         self._retention_requested = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -233,28 +204,9 @@ class PartitionLog:
     def submit(self, data: bytes, header: BatchHeader) -> asyncio.Future[int]:
         self.executor.reserve(self.key, len(data))
         future: asyncio.Future[int] = self.loop.create_future()
-        now = self.clock.monotonic()
-        since_last, self._last_submit = now - self._last_submit, now
         with self._lock:
             self._pending.append(PendingAppend(data, header, future))
-            idle = not (self._scheduled or self._running or self._release_requested)
-            inline = write_inline(
-                durability=self.config.durability,
-                store=self.store.name,
-                nbytes=len(data),
-                idle=idle and self.status == "serving" and not self._retention_requested,
-                since_last_s=since_last,
-            )
-            if inline:
-                self._scheduled = True  # no worker job for this partition meanwhile
-        if inline:
-            self._inline = True
-            try:
-                self._service()
-            finally:
-                self._inline = False
-        else:
-            self._schedule()
+        self._schedule()
         return future
 
     def submit_mirror(
@@ -298,15 +250,7 @@ class PartitionLog:
     def _service(self) -> None:
         with self._lock:
             self._scheduled = False
-            self._running = True
             group, self._pending = self._pending, []
-        try:
-            self._serve(group)
-        finally:
-            with self._lock:
-                self._running = False
-
-    def _serve(self, group: list[PendingAppend]) -> None:
         try:
             if self.status == "new" and not self._release_requested:
                 metrics.timed_takeover(self._take_over)
@@ -722,10 +666,7 @@ class PartitionLog:
 
     def _resolve(self, results: list[tuple[PendingAppend, int | TalosError]]) -> None:
         self.executor.release(self.key, sum(len(p.data) for p, _ in results))
-        if self._inline:  # already on the loop: answer now, no wake-up through the self-pipe
-            self._resolve_on_loop(results)
-        else:
-            self.loop.call_soon_threadsafe(self._resolve_on_loop, results)
+        self.loop.call_soon_threadsafe(self._resolve_on_loop, results)
 
     def _resolve_on_loop(self, results: list[tuple[PendingAppend, int | TalosError]]) -> None:
         for pending, outcome in results:
