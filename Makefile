@@ -30,6 +30,14 @@ system-deps:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
 	fi
+# A C compiler and Python's headers build the native record accelerator
+# (talos/record/_native.c); without them talos.record runs its pure-Python codec.
+	@if ! command -v cc >/dev/null 2>&1 || ! $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then \
+		echo "installing gcc and python3-dev from apt (for the native record accelerator)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev >/dev/null || \
+		echo "could not install gcc/python3-dev: talos.record will use its pure-Python codec" >&2; \
+	fi
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,7 +47,19 @@ $(VENV)/.stamp-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.stamp-deps
+# pip install -e builds the native record accelerator in place (setup.py, optional);
+# this rebuilds it when its source changes. A failed build leaves the pure-Python codec.
+$(VENV)/.stamp-native: talos/record/_native.c setup.py $(VENV)/.stamp-deps
+	@$(BIN)/python -c 'import setuptools' 2>/dev/null || $(BIN)/pip install -q setuptools
+	@$(BIN)/python setup.py -q build_ext --inplace >$(VENV)/native-build.log 2>&1 || true
+	@if $(BIN)/python -c 'import talos.record._native' 2>>$(VENV)/native-build.log; then \
+		echo "native record accelerator built (talos/record/_native.c)"; \
+	else \
+		echo "native record accelerator NOT built (see $(VENV)/native-build.log): talos.record uses its pure-Python codec" >&2; \
+	fi
+	touch $@
+
+venv: $(VENV)/.stamp-deps $(VENV)/.stamp-native
 deps: system-deps venv hadoop-jars
 
 proto: venv
@@ -153,6 +173,7 @@ bench-mirror: bench-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -f talos/record/_native*.so
 
 # The chaos suite (chaos/README.md); needs root for network namespaces, skips without.
 # chaos-smoke: fixed seeds, about 10 minutes, fails on any anomaly.

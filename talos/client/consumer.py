@@ -25,7 +25,7 @@ from talos.errors import (
     UnknownMember,
 )
 from talos.proto import talos_pb2 as pb
-from talos.record.batch import decode_fetch_as
+from talos.record.batch import TupleMaker, decode_fetch_as
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
@@ -333,16 +333,9 @@ class Consumer:
         if not result.records or tp not in self._positions:
             return []
         position = self._positions[tp]
-        topic, partition, new = tp.topic, tp.partition, tuple.__new__
-
-        def make(
-            value: bytes | None,
-            key: bytes | None,
-            headers: tuple[tuple[str, bytes | None], ...],
-            timestamp_ms: int,
-            offset: int,
-        ) -> Message:
-            return new(Message, (topic, partition, offset, key, value, headers, timestamp_ms))
+        # Messages built as (topic, partition, offset, key, value, headers, timestamp_ms);
+        # the native decoder builds these tuples itself, with no Python call per record.
+        make = TupleMaker(Message, tp.topic, tp.partition)
 
         # A fetch decodes into up to millions of tuples that all stay alive: the cyclic
         # GC would scan them again and again (it doubled the cost); they form no cycles.

@@ -43,13 +43,22 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from types import NotImplementedType
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from talos.config import MAX_OFFSET
 from talos.errors import CorruptBatch, InvalidArgument, MessageTooLarge
+from talos.record._accel import load_native
 from talos.record.codec import Codec, check_codec, compress, decompress
 from talos.record.crc import Buffer, crc32c, crc32c_extend
 from talos.record.varint import ONE_BYTE, read_uvarint, uvarint, zvarint
+
+# Every function below gives the same bytes, records and errors with or without it
+# (tests/unit/test_record_native.py); None: the pure-Python code runs.
+if TYPE_CHECKING:
+    from talos.record import _native
+else:
+    _native = load_native()
 
 MAGIC = 1
 HEADER_SIZE = 77
@@ -223,7 +232,124 @@ def bad_record_error(
     return _bad_record(value, key, timestamp_ms, headers)
 
 
-class BatchBuilder:
+def _encode_record(
+    value: bytes | None,
+    key: bytes | None,
+    timestamp_ms: int,
+    headers: Sequence[tuple[str, bytes | None]],
+    count: int,
+    first_ts: int,
+) -> tuple[bytes, bytes]:
+    """(length prefix, rest) of one record, the ``count``-th of a batch whose first
+    timestamp is ``first_ts``; InvalidArgument naming the bad argument.
+
+    The general case of :meth:`PureBatchBuilder.append`, and what the native builder
+    calls for any input that is not plain bytes/str/int/tuple, so both reject alike.
+    """
+    try:
+        if not _I64_MIN <= timestamp_ms <= _I64_MAX:
+            raise _bad_record(None, None, timestamp_ms)
+        if count:
+            delta = timestamp_ms - first_ts  # a TypeError below if not an int
+        elif isinstance(timestamp_ms, int):
+            delta = 0
+        else:
+            raise _bad_record(None, None, timestamp_ms)
+        ts = ONE_BYTE[delta << 1] if 0 <= delta < 64 else zvarint(delta)
+        if key is None:
+            key_len = _NULL
+            key = b""
+        else:
+            n = len(key) << 1
+            key_len = ONE_BYTE[n] if n < 0x80 else uvarint(n)
+        if value is None:
+            value_len = _NULL
+            value = b""
+        else:
+            n = len(value) << 1
+            value_len = ONE_BYTE[n] if n < 0x80 else uvarint(n)
+        tail = _encode_headers(headers) if headers else _NO_HEADERS
+        record = b"".join((ts, key_len, key, value_len, value, tail))
+    except TypeError:
+        raise _bad_record(value, key, timestamp_ms, headers) from None
+    n = len(record) << 1
+    return (ONE_BYTE[n] if n < 0x80 else uvarint(n)), record
+
+
+class _BuilderBase:
+    """What both batch builders share: the producer fields, their checks, the header tail."""
+
+    if not TYPE_CHECKING:  # each subclass declares the slots; mypy checks them there
+        __slots__ = ()
+    _codec: Codec
+    _producer_id: int
+    _producer_epoch: int
+    _base_sequence: int
+    _count: int
+    _first_ts: int
+    _max_ts: int
+
+    def _set_fields(
+        self, codec: Codec, producer_id: int, producer_epoch: int, base_sequence: int
+    ) -> None:
+        self._codec = check_codec(codec)
+        self.set_sequence(producer_id, producer_epoch, base_sequence)
+
+    def set_sequence(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        """Idempotent producers number the batch when it is sent, not when it is opened."""
+        _check_producer(producer_id, producer_epoch, base_sequence)
+        self._producer_id = producer_id
+        self._producer_epoch = producer_epoch
+        self._base_sequence = base_sequence
+
+    def build(self, base_offset: int = 0) -> bytes:
+        return self._finish(base_offset, _LOCAL, -1)
+
+    def _finish(self, base_offset: int, origin: bytes, origin_offset: int) -> bytes:
+        raise NotImplementedError
+
+    def _check_finish(self, base_offset: int) -> None:
+        _check_base_offset(base_offset)
+        if self._count == 0:
+            raise InvalidArgument("records: a batch needs at least 1 record, got 0")
+        if self._count > _MAX_RECORD_COUNT:
+            raise MessageTooLarge(f"records: at most {_MAX_RECORD_COUNT} per batch")
+
+    def _tail(self, origin: bytes, origin_offset: int) -> bytes:
+        return _TAIL.pack(
+            self._codec,
+            self._count,
+            self._first_ts,
+            self._max_ts,
+            self._producer_id,
+            self._producer_epoch,
+            self._base_sequence,
+            origin,
+            origin_offset,
+        )
+
+    def _assemble(
+        self, base_offset: int, records: Buffer, origin: bytes, origin_offset: int
+    ) -> bytes:
+        """The batch: prefix, tail and ``records`` (compressed already if the codec says so)."""
+        batch_length = _checked_batch_length(len(records))
+        tail = self._tail(origin, origin_offset)
+        crc = crc32c_extend(crc32c(tail), records)
+        prefix = _PREFIX.pack(MAGIC, base_offset, batch_length, crc)
+        return b"".join((prefix, tail, records))
+
+
+def _checked_batch_length(records_size: int) -> int:
+    batch_length = _MIN_BATCH_LENGTH + records_size
+    if batch_length > _MAX_BATCH_LENGTH:
+        raise MessageTooLarge(
+            f"batch: {LENGTH_PREFIX + batch_length} bytes, more than the format's "
+            f"{LENGTH_PREFIX + _MAX_BATCH_LENGTH}"
+        )
+    return batch_length
+
+
+class PureBatchBuilder(_BuilderBase):
     """Accumulates records for one partition, cheaply; the producer calls append() per message.
 
     Records are encoded as they arrive into one bytearray; build() adds the
@@ -248,11 +374,7 @@ class BatchBuilder:
         producer_epoch: int = -1,
         base_sequence: int = -1,
     ) -> None:
-        self._codec = check_codec(codec)
-        _check_producer(producer_id, producer_epoch, base_sequence)
-        self._producer_id = producer_id
-        self._producer_epoch = producer_epoch
-        self._base_sequence = base_sequence
+        self._set_fields(codec, producer_id, producer_epoch, base_sequence)
         self._buf = bytearray()
         self._count = 0
         self._first_ts = 0
@@ -292,34 +414,7 @@ class BatchBuilder:
                     self._max_ts = timestamp_ms
                 self._count = count + 1
                 return len(prefix) + size + 1
-        try:
-            if not _I64_MIN <= timestamp_ms <= _I64_MAX:
-                raise _bad_record(None, None, timestamp_ms)
-            if count:
-                delta = timestamp_ms - self._first_ts  # a TypeError below if not an int
-            elif isinstance(timestamp_ms, int):
-                delta = 0
-            else:
-                raise _bad_record(None, None, timestamp_ms)
-            ts = ONE_BYTE[delta << 1] if 0 <= delta < 64 else zvarint(delta)
-            if key is None:
-                key_len = _NULL
-                key = b""
-            else:
-                n = len(key) << 1
-                key_len = ONE_BYTE[n] if n < 0x80 else uvarint(n)
-            if value is None:
-                value_len = _NULL
-                value = b""
-            else:
-                n = len(value) << 1
-                value_len = ONE_BYTE[n] if n < 0x80 else uvarint(n)
-            tail = _encode_headers(headers) if headers else _NO_HEADERS
-            record = b"".join((ts, key_len, key, value_len, value, tail))
-        except TypeError:
-            raise _bad_record(value, key, timestamp_ms, headers) from None
-        n = len(record) << 1
-        length = ONE_BYTE[n] if n < 0x80 else uvarint(n)
+        length, record = _encode_record(value, key, timestamp_ms, headers, count, self._first_ts)
         buf = self._buf
         buf += length
         buf += record
@@ -330,45 +425,47 @@ class BatchBuilder:
         self._count = count + 1
         return len(length) + len(record)
 
-    def set_sequence(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        """Idempotent producers number the batch when it is sent, not when it is opened."""
-        _check_producer(producer_id, producer_epoch, base_sequence)
-        self._producer_id = producer_id
-        self._producer_epoch = producer_epoch
-        self._base_sequence = base_sequence
-
-    def build(self, base_offset: int = 0) -> bytes:
-        return self._finish(base_offset, _LOCAL, -1)
-
     def _finish(self, base_offset: int, origin: bytes, origin_offset: int) -> bytes:
-        _check_base_offset(base_offset)
-        if self._count == 0:
-            raise InvalidArgument("records: a batch needs at least 1 record, got 0")
-        if self._count > _MAX_RECORD_COUNT:
-            raise MessageTooLarge(f"records: at most {_MAX_RECORD_COUNT} per batch")
+        self._check_finish(base_offset)
         records: Buffer = self._buf
         if self._codec is not Codec.NONE:
             records = compress(self._codec, self._buf)
-        batch_length = _MIN_BATCH_LENGTH + len(records)
-        if batch_length > _MAX_BATCH_LENGTH:
-            raise MessageTooLarge(
-                f"batch: {LENGTH_PREFIX + batch_length} bytes, more than the format's "
-                f"{LENGTH_PREFIX + _MAX_BATCH_LENGTH}"
-            )
-        tail = _TAIL.pack(
-            self._codec,
-            self._count,
-            self._first_ts,
-            self._max_ts,
-            self._producer_id,
-            self._producer_epoch,
-            self._base_sequence,
-            origin,
-            origin_offset,
-        )
-        crc = crc32c_extend(crc32c(tail), records)
-        prefix = _PREFIX.pack(MAGIC, base_offset, batch_length, crc)
-        return b"".join((prefix, tail, records))
+        return self._assemble(base_offset, records, origin, origin_offset)
+
+
+NativeBatchBuilder: type[_BuilderBase] | None = None
+if _native is not None:
+
+    class _NativeBatchBuilder(_BuilderBase, _native.Builder):
+        """PureBatchBuilder with append() in C, writing straight into the batch's bytes:
+        an uncompressed batch is handed out by build() without a copy."""
+
+        __slots__ = ("_base_sequence", "_codec", "_producer_epoch", "_producer_id")
+
+        def __init__(
+            self,
+            codec: Codec = Codec.NONE,
+            producer_id: int = -1,
+            producer_epoch: int = -1,
+            base_sequence: int = -1,
+        ) -> None:
+            self._set_fields(codec, producer_id, producer_epoch, base_sequence)
+
+        def _finish(self, base_offset: int, origin: bytes, origin_offset: int) -> bytes:
+            self._check_finish(base_offset)
+            if self._codec is Codec.NONE:
+                _checked_batch_length(self.size_in_bytes - HEADER_SIZE)
+                return self._seal(base_offset, self._tail(origin, origin_offset))
+            records = compress(self._codec, self._records())
+            return self._assemble(base_offset, records, origin, origin_offset)
+
+    NativeBatchBuilder = _NativeBatchBuilder
+
+#: The builder producers use: the native one when it was built, else the pure one.
+if TYPE_CHECKING:
+    BatchBuilder = PureBatchBuilder
+else:
+    BatchBuilder = NativeBatchBuilder or PureBatchBuilder
 
 
 def encode_batch(
@@ -481,23 +578,36 @@ def check_records(buf: Buffer, header: BatchHeader, pos: int = 0) -> None:
     One pass with the common varint cases inlined and nothing built per record: the
     broker runs it on every produced batch.
     """
-    start = pos + HEADER_SIZE
-    end = pos + header.total_size
-    data: bytes
-    if header.attributes != Codec.NONE:
-        data = decompress(header.attributes, memoryview(buf)[start:end])
-        start, end = 0, len(data)
-    elif type(buf) is bytes:
-        data = buf
-    else:
-        data = bytes(memoryview(buf)[start:end])
-        start, end = 0, len(data)
+    data, start, end = _records_span(buf, header, pos)
+    count = header.record_count
     try:
-        _check_records(data, start, end, header.record_count)
+        if _native is None or _native.check_records(data, start, end, count) is NotImplemented:
+            _check_records(_as_bytes(data), start, end, count)
     except IndexError:
         raise CorruptBatch(f"batch at {pos}: a record runs past the end of the batch") from None
     except CorruptBatch as exc:
         raise CorruptBatch(f"batch at {pos}: {exc.message}") from None
+
+
+def _records_span(buf: Buffer, header: BatchHeader, pos: int) -> tuple[Buffer, int, int]:
+    """(data, start, end): where the records of the batch at ``pos`` are, decompressed.
+
+    An uncompressed batch in ``bytes`` is read in place; in another buffer, through a
+    view of just its records (the pure-Python code copies that to bytes, the native
+    code reads it as it is: the same bytes, the same bounds).
+    """
+    start = pos + HEADER_SIZE
+    end = pos + header.total_size
+    if header.attributes != Codec.NONE:
+        data = decompress(header.attributes, memoryview(buf)[start:end])
+        return data, 0, len(data)
+    if type(buf) is bytes:
+        return buf, start, end
+    return memoryview(buf)[start:end], 0, end - start
+
+
+def _as_bytes(data: Buffer) -> bytes:
+    return data if type(data) is bytes else bytes(data)
 
 
 def _check_records(data: bytes, p: int, end: int, count: int) -> None:
@@ -658,6 +768,31 @@ RecordMaker = Callable[
 ]
 
 
+TT = TypeVar("TT", bound=tuple[object, ...])
+
+
+class TupleMaker(Generic[TT]):
+    """A RecordMaker that builds ``cls((*prefix, offset, key, value, headers, timestamp_ms))``
+    for a tuple subclass ``cls`` (the consumer's Message): the native decoder recognises it
+    and builds the tuples itself, with no Python call per record."""
+
+    __slots__ = ("cls", "prefix")
+
+    def __init__(self, cls: type[TT], *prefix: object) -> None:
+        self.cls = cls
+        self.prefix = prefix
+
+    def __call__(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: tuple[tuple[str, bytes | None], ...],
+        timestamp_ms: int,
+        offset: int,
+    ) -> TT:
+        return tuple.__new__(self.cls, (*self.prefix, offset, key, value, headers, timestamp_ms))
+
+
 def decode_records(buf: Buffer, pos: int = 0) -> list[Record]:
     """The records of the batch at ``pos``, CRC-checked, with their offsets."""
     return decode_records_as(buf, Record, pos)
@@ -666,19 +801,21 @@ def decode_records(buf: Buffer, pos: int = 0) -> list[Record]:
 def decode_records_as(buf: Buffer, make: RecordMaker[T], pos: int = 0) -> list[T]:
     """Like :func:`decode_records`, each record built by ``make`` (say, a cheap tuple)."""
     header = verify_batch(buf, pos)
-    start = pos + HEADER_SIZE
-    end = pos + LENGTH_PREFIX + header.batch_length
-    data: bytes
-    if header.attributes != Codec.NONE:
-        data = decompress(header.attributes, memoryview(buf)[start:end])
-        start, end = 0, len(data)
-    elif type(buf) is bytes:
-        data = buf  # decode in place, no copy
-    else:
-        data = bytes(memoryview(buf)[start:end])
-        start, end = 0, len(data)
+    data, start, end = _records_span(buf, header, pos)
     try:
-        return _decode_records(data, start, end, header, make)
+        if _native is not None:
+            records: list[T] | NotImplementedType = _native.decode_records(
+                data,
+                start,
+                end,
+                header.record_count,
+                header.base_offset,
+                header.first_timestamp,
+                make,
+            )
+            if records is not NotImplemented:
+                return records
+        return _decode_records(_as_bytes(data), start, end, header, make)
     except IndexError:
         raise CorruptBatch(f"batch at {pos}: a record runs past the end of the batch") from None
     except CorruptBatch as exc:
@@ -902,3 +1039,7 @@ def with_origin(batch: Buffer, origin_cluster: str, origin_offset: int) -> bytes
     crc = crc32c_extend(crc32c(tail), records)
     prefix = _PREFIX.pack(MAGIC, header.base_offset, header.batch_length, crc)
     return b"".join((prefix, tail, records))
+
+
+if _native is not None:
+    _native.init(CorruptBatch, _encode_record, TupleMaker)

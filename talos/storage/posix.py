@@ -11,14 +11,25 @@ FLUSH does nothing past write(2): the page cache already serves the bytes to
 every local reader. SYNC adds fdatasync(2). Every new directory entry is made
 durable by an fsync of its directory, so a synced segment survives a crash
 together with its name.
+
+Segments are preallocated ahead of the writer with fallocate(FALLOC_FL_KEEP_SIZE)
+(Linux), so an fdatasync after an append need not allocate blocks as well. KEEP_SIZE
+leaves the file size alone: every reader, scan and ``visible_length`` sees exactly
+the bytes written, never preallocated zeros. The blocks past the end are given back
+when the stream is closed (ftruncate to the current size changes no byte); a writer
+that dies keeps them until its segment is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
+import sys
 import uuid
+from collections.abc import Callable
 
 from talos.errors import InvalidArgument, StorageError, from_os_error
 from talos.storage.store import Durability, check_path, check_range
@@ -26,6 +37,43 @@ from talos.storage.store import Durability, check_path, check_range
 # Temporary files for atomic writes; list_dir hides them.
 TMP_PREFIX = ".talos-tmp-"
 _READ_CHUNK = 16 << 20
+#: Preallocation ahead of the writer starts here and doubles with each extension, up to
+#: PREALLOCATE_MAX: a small segment reserves little, a busy one calls fallocate rarely.
+PREALLOCATE_MIN = 64 * 1024
+PREALLOCATE_MAX = 8 * 1024 * 1024
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _load_fallocate() -> Callable[[int, int, int], bool] | None:
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) from libc; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+
+    def keep_size(fd: int, offset: int, length: int) -> bool:
+        return bool(fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+
+    return keep_size
+
+
+_fallocate_keep_size = _load_fallocate()
+
+
+def preallocation(position: int, allocated: int, incoming: int) -> int:
+    """Where the reserved space should end before ``incoming`` bytes are appended at
+    ``position`` when it ends at ``allocated``: unchanged while they fit, else the
+    end of the data plus one step (the size written so far, within the bounds)."""
+    need = position + incoming
+    if need <= allocated:
+        return allocated
+    step = min(max(position, PREALLOCATE_MIN), PREALLOCATE_MAX)
+    return need + step
 
 
 def _fsync_dir(directory: str) -> None:
@@ -79,6 +127,8 @@ class PosixAppendStream:
         self._abs_path = abs_path
         self._fd: int | None = fd
         self._failed: str | None = None
+        self._allocated = position  # the file's blocks are reserved up to here
+        self._preallocate = _fallocate_keep_size
 
     def _require_fd(self, op: str) -> int:
         if self._failed is not None:
@@ -97,9 +147,21 @@ class PosixAppendStream:
                 os.close(fd)
         return from_os_error(exc, f"posix {op} {self._abs_path}")
 
+    def _reserve(self, fd: int, incoming: int) -> None:
+        """Preallocate past the end (KEEP_SIZE); a filesystem without it just skips it."""
+        target = preallocation(self.position, self._allocated, incoming)
+        if target == self._allocated or self._preallocate is None:
+            return
+        if self._preallocate(fd, self._allocated, target - self._allocated):
+            self._allocated = target
+        else:  # EOPNOTSUPP (tmpfs before 5.x, some FUSE mounts) or ENOSPC: write as before
+            self._preallocate = None
+
     def append(self, data: bytes | bytearray | memoryview) -> None:
         fd = self._require_fd("append")
         try:
+            if self._preallocate is not None:
+                self._reserve(fd, memoryview(data).nbytes)
             self.position += _write_all(fd, data)
         except OSError as exc:
             raise self._fail("append", exc) from exc
@@ -119,6 +181,10 @@ class PosixAppendStream:
         if fd is None:
             return
         try:
+            if self._allocated > self.position:
+                # Gives the preallocated blocks back; the size it sets is the size it has.
+                with contextlib.suppress(OSError):  # only space is at stake
+                    os.ftruncate(fd, os.fstat(fd).st_size)
             os.close(fd)
         except OSError as exc:
             raise from_os_error(exc, f"posix close {self._abs_path}") from exc

@@ -1,0 +1,29 @@
+# Types of the optional C accelerator (_native.c); batch.py is its only user.
+from collections.abc import Callable, Sequence
+from typing import Any
+
+HARDWARE_CRC: int
+
+class Builder:
+    @property
+    def record_count(self) -> int: ...
+    @property
+    def size_in_bytes(self) -> int: ...
+    def append(
+        self,
+        value: bytes | None,
+        key: bytes | None = None,
+        timestamp_ms: int = 0,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+    ) -> int: ...
+    def _seal(self, base_offset: int, tail: bytes) -> bytes: ...
+    def _records(self) -> bytes: ...
+
+def init(
+    corrupt: type[Exception], encode_record: Callable[..., Any], tuple_maker: type
+) -> None: ...
+def check_records(data: Any, start: int, end: int, count: int) -> Any: ...
+def decode_records(
+    data: Any, start: int, end: int, count: int, base_offset: int, first_ts: int, make: Any
+) -> Any: ...
+def crc32c(data: Any, crc: int = 0) -> int: ...
