@@ -74,7 +74,6 @@ class PartitionQueue:
     """One partition's sealed batches, oldest first; at most the first is in flight."""
 
     __slots__ = (
-        "address",
         "in_flight",
         "next_sequence",
         "partition",
@@ -94,7 +93,6 @@ class PartitionQueue:
         self.producer_id = -1  # not chosen yet, or dropped with a broken sequence
         self.sequence_broken = False
         self.next_sequence = 0
-        self.address = ""  # the broker its last batch went to
 
     def break_sequence(self) -> None:
         """Its next batch starts a new sequence under a fresh producer id."""
@@ -282,7 +280,7 @@ class Accumulator:
         for batch in list(self._open):
             due = batch.created + self.linger_s
             if flush or due <= now:
-                if not self._held(batch):
+                if not self._held(batch, owner_of(batch.topic, batch.partition)):
                     self._seal(batch)
             else:
                 wait = min(wait, due - now)
@@ -318,7 +316,6 @@ class Accumulator:
                 queue.next_sequence += batch.count
                 batch.sequenced = True
             queue.in_flight = True
-            queue.address = address
             requests.setdefault(address, []).append(batch)
         for address in requests:
             self._in_flight[address] = self._in_flight.get(address, 0) + 1
@@ -326,7 +323,7 @@ class Accumulator:
             wanted = 1  # the first id serves every partition
         return Drained(requests, expired, unrouted, wanted, max(wait, 0.0))
 
-    def _held(self, batch: Batch) -> bool:
+    def _held(self, batch: Batch, address: str) -> bool:
         """Nagle's rule for produce: keep a lingered batch open while it would only wait.
 
         It waits while its partition has a batch queued or in flight, or while
@@ -338,7 +335,6 @@ class Accumulator:
         queue = batch.queue
         if queue.in_flight or queue.ready:
             return True
-        address = queue.address
         hold, batch.held_at = nagle_hold(
             self._in_flight.get(address, 0), self._answers.get(address, 0), batch.held_at
         )

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -38,7 +39,7 @@ from concurrent.futures._base import FINISHED, PENDING
 from typing import Any, NamedTuple
 
 from talos.aio import IoLoop
-from talos.clock import SYSTEM_CLOCK, Clock
+from talos.clock import SYSTEM_CLOCK, Clock, SystemClock
 from talos.config import validate_partition, validate_topic_name
 from talos.errors import InvalidArgument, MessageTooLarge, TalosError, TalosTimeout
 from talos.record.batch import HEADER_SIZE, bad_record_error, record_size
@@ -74,6 +75,8 @@ def _close_open_producers() -> None:
         with contextlib.suppress(Exception):
             producer.close(timeout=0)
 
+
+_time_ns = time.time_ns
 
 # More than a record with no key and no headers adds to its value: length, timestamp
 # delta, null key, value length and header count varints (for values under 2 MB).
@@ -281,6 +284,7 @@ class Producer:
         self.max_in_flight = max_in_flight_per_broker
         self.clock = clock
         self._wall_ms = clock.wall_ms
+        self._system_clock = type(clock) is SystemClock
         self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
@@ -368,19 +372,24 @@ class Producer:
         if batches.open[partition] is None:
             entry = self._fresh_topic(entry)  # once per batch: has the topic changed?
             batches = entry.batches
-        timestamp = self._wall_ms() if timestamp_ms is None else timestamp_ms
-        acc = self._acc
+        if timestamp_ms is not None:
+            timestamp = timestamp_ms
+        elif self._system_clock:
+            timestamp = _time_ns() // 1_000_000  # SystemClock.wall_ms without its frame
+        else:
+            timestamp = self._wall_ms()
         with self._mutex:
-            if acc.buffered >= self.buffer_bytes and acc.would_open(batches, partition, size):
-                self._wait_for_buffer()
-            try:
-                batch = acc.append(batches, partition, value, key, timestamp, headers, size)
-            except TypeError:
-                raise bad_record_error(value, key, timestamp_ms, headers) from None
-            index = batch.count - 1
+            batch = batches.open[partition]
+            if batch is not None and batch.size + size < batches.cap:
+                # Accumulator.append for the common case, inlined (a frame less per
+                # message): the open batch has room and stays open.
+                batch.size += batch.builder.append(value, key, timestamp, headers)
+                index = batch.count
+                batch.count = index + 1
+            else:
+                batch = self._append(batches, partition, value, key, timestamp, headers, size)
+                index = batch.count - 1
             self._outstanding += 1
-            if batch.sealed or index == 0:
-                self._wake_for(batch)
             if on_delivery is not None:
                 if batch.deliveries is None:
                     batch.deliveries = [(index, on_delivery)]
@@ -484,11 +493,27 @@ class Producer:
 
     # ---- under the lock -----------------------------------------------------
 
-    def _wake_for(self, batch: Batch) -> None:
-        """Wake the sender if it sleeps past when this batch is due (a full one: now)."""
-        due = 0.0 if batch.sealed else batch.created + self.linger_s
-        if due < self._sender.wake_at:
-            self._sender.wake()
+    def _append(
+        self,
+        batches: TopicBatches,
+        partition: int,
+        value: bytes | None,
+        key: bytes | None,
+        timestamp: int,
+        headers: Sequence[tuple[str, bytes | None]],
+        size: int,
+    ) -> Batch:
+        """The record opens or fills a batch: back-pressure first, then wake the sender."""
+        acc = self._acc
+        if acc.buffered >= self.buffer_bytes and acc.would_open(batches, partition, size):
+            self._wait_for_buffer()
+        batch = acc.append(batches, partition, value, key, timestamp, headers, size)
+        if batch.sealed or batch.count == 1:
+            # Wake the sender if it sleeps past when this batch is due (a full one: now).
+            due = 0.0 if batch.sealed else batch.created + self.linger_s
+            if due < self._sender.wake_at:
+                self._sender.wake()
+        return batch
 
     def _wait_for_buffer(self) -> None:
         """Block send() while buffer_bytes are waiting to be acknowledged (back-pressure)."""
