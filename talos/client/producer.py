@@ -319,6 +319,7 @@ class Producer:
             clock,
             request_timeout_s,
             self._finish,
+            self._settled,
             self.metrics,
         )
         self._sender.start()
@@ -531,7 +532,7 @@ class Producer:
     # ---- on the I/O loop ----------------------------------------------------
 
     def _finish(self, batch: Batch, base_offset: int, error: TalosError | None) -> None:
-        """Complete every record of the batch at once; then count them done."""
+        """Complete every record of the batch at once (futures, then on_delivery callbacks)."""
         if batch.outcome is not None:
             batch.outcome.complete(base_offset, error)
         if batch.deliveries is not None:
@@ -544,8 +545,9 @@ class Producer:
                         callback(error, None)
                 except Exception:
                     log.exception("exception calling on_delivery for %s/%s", topic, partition)
-        with self._lock:
-            self._outstanding -= batch.count
-            if error is not None:
-                self.metrics["records_failed"] += batch.count
-            self._lock.notify_all()
+
+    def _settled(self, records: int, failed: int) -> None:
+        """Lock held: ``records`` completed (their callbacks ran), ``failed`` of them failed."""
+        self._outstanding -= records
+        self.metrics["records_failed"] += failed
+        self._lock.notify_all()

@@ -42,8 +42,10 @@ HOUSEKEEPING_S = 0.1
 #: A topic's metadata is asked for at most this often.
 REFRESH_INTERVAL_S = 0.05
 
-# Complete a batch's records: (batch, base offset, error or None). Runs on the loop.
+# Complete a batch's records: (batch, base offset, error or None). Runs on the loop, unlocked.
 Finish = Callable[[Batch, int, "TalosError | None"], None]
+# Count records done: (records, of which failed). Runs on the loop with the lock held.
+Settled = Callable[[int, int], None]
 
 
 class Sender:
@@ -56,6 +58,7 @@ class Sender:
         clock: Clock,
         request_timeout: float,
         finish: Finish,
+        settled: Settled,
         metrics: dict[str, Any],
     ) -> None:
         self.acc = accumulator
@@ -65,6 +68,11 @@ class Sender:
         self.clock = clock
         self.request_timeout = request_timeout
         self.finish = finish
+        self.settled = settled
+        # Records completed and not yet counted as done under the lock (loop thread only):
+        # counted at the next locked step, so an answer takes the lock twice, not per batch.
+        self._done_records = 0
+        self._failed_records = 0
         self.metrics = metrics
         self.flush_requested = 0  # flush() callers waiting (under the lock)
         # When the sleeping sender looks again (under the lock); -inf: a wake-up is on its way.
@@ -124,12 +132,13 @@ class Sender:
     def _step(self) -> float:
         """One round: drain, then act on what the accumulator decided. Returns the sleep."""
         with self.lock:
+            self._count_done()
             drained = self.acc.drain(self.router.cached_owner, flush=self.flush_requested > 0)
             now = self.clock.monotonic()
             self.wake_at = now + drained.wait
         for batch in drained.expired:
             timeout = TalosTimeout(f"{batch.topic}/{batch.partition}: delivery timed out")
-            self.finish(batch, 0, timeout)
+            self._complete(batch, 0, timeout)
         if drained.unrouted:
             self._refresh(drained.unrouted)
         while self._ids_pending < drained.ids_wanted:
@@ -140,7 +149,20 @@ class Sender:
         if now - self._housekept >= HOUSEKEEPING_S:
             self._housekept = now
             self._housekeeping()
-        return drained.wait
+        return 0.0 if self._done_records else drained.wait
+
+    def _complete(self, batch: Batch, base_offset: int, error: TalosError | None) -> None:
+        """Run the batch's callbacks (unlocked); it is counted done at the next locked step."""
+        self.finish(batch, base_offset, error)
+        self._done_records += batch.count
+        if error is not None:
+            self._failed_records += batch.count
+
+    def _count_done(self) -> None:
+        """Lock held: what completed since the last step is done (flush() may return)."""
+        if self._done_records:
+            self.settled(self._done_records, self._failed_records)
+            self._done_records = self._failed_records = 0
 
     def _housekeeping(self) -> None:
         """A broker that stopped answering fails its requests (retriable); old routes refresh."""
@@ -190,24 +212,39 @@ class Sender:
     ) -> None:
         """The broker's answer to one request, or why there is none (on the loop)."""
         address, group = token
+        if isinstance(outcome, TalosError):
+            errors: list[tuple[TalosError | None, int]] = [(outcome, 0)] * len(group)
+        else:
+            errors = [
+                (partition_error(result.error), result.base_offset) for result in outcome.results
+            ]
+            if len(errors) != len(group):
+                why = Unavailable(f"broker {address}: {len(errors)} results for {len(group)}")
+                errors = [(why, 0)] * len(group)
         with self.lock:
             self.acc.answered(address)
-        if isinstance(outcome, TalosError):
-            for batch in group:
-                self._settle(batch, outcome)
-        else:
-            for batch, result in zip(group, outcome.results, strict=True):
-                self._settle(batch, partition_error(result.error), result.base_offset)
+            verdicts = [
+                self.acc.completed(batch, error)
+                for batch, (error, _) in zip(group, errors, strict=True)
+            ]
+        for batch, (error, base_offset), verdict in zip(group, errors, verdicts, strict=True):
+            self._act(batch, verdict, error, base_offset)
         self._wake()
 
     def _settle(self, batch: Batch, error: TalosError | None, base_offset: int = 0) -> None:
+        """One batch answered outside a request's answer (it could not be encoded)."""
+        with self.lock:
+            verdict = self.acc.completed(batch, error)
+        self._act(batch, verdict, error, base_offset)
+
+    def _act(
+        self, batch: Batch, verdict: Verdict, error: TalosError | None, base_offset: int
+    ) -> None:
         """Act on the accumulator's verdict for one answered batch.
 
         Retries and error classification meet here and in ``accumulator.completed``
         (which decides) and ``accumulator.retry_delay`` (which times the retry).
         """
-        with self.lock:
-            verdict = self.acc.completed(batch, error)
         if verdict is Verdict.DONE:
             self.metrics["batches_sent"] += 1
         elif verdict is Verdict.RETRY:
@@ -219,7 +256,7 @@ class Sender:
                 self.router.mark_stale(batch.topic)
                 self._refresh({batch.topic})
             return
-        self.finish(batch, base_offset, error)
+        self._complete(batch, base_offset, error)
 
     # ---- metadata and producer ids, as tasks on the loop ------------------------------------
 
@@ -263,7 +300,7 @@ class Sender:
             with self.lock:
                 dropped = self.acc.drop_topic(info.name)
             for batch in dropped:
-                self.finish(batch, 0, error)
+                self._complete(batch, 0, error)
 
     async def _producer_id(self) -> None:
         """One producer id from any broker (a ZooKeeper write there)."""
@@ -283,7 +320,7 @@ class Sender:
                 with self.lock:
                     waiting = self.acc.take_waiting_for_id()
                 for batch in waiting:
-                    self.finish(batch, 0, exc)
+                    self._complete(batch, 0, exc)
         finally:
             self._ids_pending -= 1
             self._wake()
@@ -298,7 +335,10 @@ class Sender:
         with self.lock:
             unsent = self.acc.unsent()
         for batch in unsent:
-            self.finish(batch, 0, TalosTimeout("producer closed before the batch was acknowledged"))
+            closed = TalosTimeout("producer closed before the batch was acknowledged")
+            self._complete(batch, 0, closed)
         streams, self._streams = list(self._streams.values()), {}
         await close_streams_on_loop(streams, CLOSE_TIMEOUT_S)  # in-flight answers come in
+        with self.lock:
+            self._count_done()
         await self._aio.close()
