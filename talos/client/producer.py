@@ -112,7 +112,7 @@ class _Outcome:
         "watchers",
     )
 
-    def __init__(self, topic: str, partition: int, io: IoLoop) -> None:
+    def __init__(self, topic: str, partition: int, io: IoLoop | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self.io = io
@@ -132,7 +132,7 @@ class _Outcome:
 
     def refuse_wait(self, what: str) -> None:
         """Waiting for this outcome on the thread that delivers it would never end."""
-        if self.state != FINISHED and self.io.is_current():
+        if self.state != FINISHED and self.io is not None and self.io.is_current():
             raise InvalidArgument(f"{what}: {_REFUSED}")
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
