@@ -243,6 +243,13 @@ class Accumulator:
         batch = topic.open[partition]
         return batch is None or batch.size + size > topic.cap
 
+    def first_in_line(self, batch: Batch) -> bool:
+        """Could the batch be sent as soon as it is due (no earlier batch of its partition)?"""
+        queue = batch.queue
+        if queue.in_flight:
+            return False
+        return not queue.ready or queue.ready[0] is batch
+
     def _seal(self, batch: Batch) -> None:
         topic = self.topics[batch.topic]
         if topic.open[batch.partition] is batch:

@@ -509,8 +509,10 @@ class Producer:
         if acc.buffered >= self.buffer_bytes and acc.would_open(batches, partition, size):
             self._wait_for_buffer()
         batch = acc.append(batches, partition, value, key, timestamp, headers, size)
-        if batch.sealed or batch.count == 1:
+        if (batch.sealed or batch.count == 1) and acc.first_in_line(batch):
             # Wake the sender if it sleeps past when this batch is due (a full one: now).
+            # A batch behind another of its partition goes after that one's answer, which
+            # wakes the sender anyway: waking it now would only contend for this lock.
             due = 0.0 if batch.sealed else batch.created + self.linger_s
             if due < self._sender.wake_at:
                 self._sender.wake()

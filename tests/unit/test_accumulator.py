@@ -389,3 +389,14 @@ def test_error_classes_are_retriable_as_the_accumulator_assumes() -> None:
         for e in (NotOwner("x"), Unavailable("x"), Throttled("x"))
     )
     assert not InvalidArgument("x").retriable
+
+
+def test_only_a_batch_first_in_its_partition_line_is_worth_waking_the_sender_for() -> None:
+    clock = ManualClock()
+    acc = make(clock, linger_s=0.0)
+    topic = acc.topic("t", 1, cap=HEADER_SIZE + record_size(b"1"))
+    first = add(acc, topic, 0, b"1")
+    assert acc.first_in_line(first)
+    acc.drain(everyone_on(BROKER))  # in flight
+    second = add(acc, topic, 0, b"2")
+    assert not acc.first_in_line(second)  # it goes after the first one's answer
