@@ -101,7 +101,7 @@ class PartitionQueue:
 
 
 class Batch:
-    """Records for one partition; ``outcome`` and ``deliveries`` belong to the producer."""
+    """Records for one partition; ``outcome`` and the delivery lists belong to the producer."""
 
     __slots__ = (
         "attempts",
@@ -109,7 +109,8 @@ class Batch:
         "count",
         "created",
         "deadline",
-        "deliveries",
+        "delivery_callbacks",
+        "delivery_indexes",
         "encoded",
         "held_at",
         "outcome",
@@ -136,7 +137,10 @@ class Batch:
         self.held_at = -1  # its broker's answer count when its linger ran out while busy
         self.attempts = 0
         self.outcome: Any = None
-        self.deliveries: list[Any] | None = None
+        # on_delivery callbacks and their records' indexes, in two lists: a tuple per
+        # record would be one more object for the garbage collector to walk.
+        self.delivery_callbacks: list[Any] | None = None
+        self.delivery_indexes: list[int] = []
 
 
 class TopicBatches:

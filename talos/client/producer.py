@@ -392,10 +392,11 @@ class Producer:
                 index = batch.count - 1
             self._outstanding += 1
             if on_delivery is not None:
-                if batch.deliveries is None:
-                    batch.deliveries = [(index, on_delivery)]
+                if batch.delivery_callbacks is None:
+                    batch.delivery_callbacks = [on_delivery]
                 else:
-                    batch.deliveries.append((index, on_delivery))
+                    batch.delivery_callbacks.append(on_delivery)
+                batch.delivery_indexes.append(index)
                 return None
             outcome = batch.outcome
             if outcome is None:
@@ -537,9 +538,11 @@ class Producer:
         """Complete every record of the batch at once (futures, then on_delivery callbacks)."""
         if batch.outcome is not None:
             batch.outcome.complete(base_offset, error)
-        if batch.deliveries is not None:
+        if batch.delivery_callbacks is not None:
             topic, partition = batch.topic, batch.partition
-            for index, callback in batch.deliveries:
+            for index, callback in zip(
+                batch.delivery_indexes, batch.delivery_callbacks, strict=True
+            ):
                 try:
                     if error is None:
                         callback(None, RecordMetadata(topic, partition, base_offset + index))
