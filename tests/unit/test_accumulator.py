@@ -66,6 +66,12 @@ def values(batch: Batch) -> list[bytes | None]:
     return [r.value for r in decode_records(batch.builder.build())]
 
 
+def acknowledge(acc: Accumulator, batch: Batch, address: str = BROKER) -> None:
+    """The broker answers the request that carried ``batch``: success."""
+    acc.answered(address)
+    assert acc.completed(batch, None) is Verdict.DONE
+
+
 def sent(drained: object, address: str = BROKER) -> list[list[bytes | None]]:
     return [values(b) for b in drained.requests.get(address, [])]  # type: ignore[attr-defined]
 
@@ -155,8 +161,7 @@ def test_a_lingered_batch_waits_for_its_busy_broker_only_until_its_next_answer()
     assert acc.drain(everyone_on(BROKER)).requests == {}  # held: the broker is busy
     add(acc, topic, 1, b"p1-b")  # and it grows meanwhile
 
-    acc.answered(BROKER)
-    assert acc.completed(first.requests[BROKER][0], None) is Verdict.DONE
+    acknowledge(acc, first.requests[BROKER][0])
     assert sent(acc.drain(everyone_on(BROKER))) == [[b"p1-a", b"p1-b"]]
 
 
@@ -173,8 +178,7 @@ def test_a_partition_has_one_batch_in_flight_and_the_next_follows_its_answer() -
     first = acc.drain(everyone_on(BROKER))
     assert sent(first) == [[b"1"]]
     assert acc.drain(everyone_on(BROKER)).requests == {}  # "2" waits for "1"'s answer
-    acc.answered(BROKER)
-    acc.completed(first.requests[BROKER][0], None)
+    acknowledge(acc, first.requests[BROKER][0])
     assert sent(acc.drain(everyone_on(BROKER))) == [[b"2"]]
 
 
@@ -197,8 +201,7 @@ def test_a_broker_takes_at_most_max_in_flight_requests() -> None:
     first = acc.drain(everyone_on(BROKER))
     add(acc, topic, 1, b"p1")
     assert acc.drain(everyone_on(BROKER)).requests == {}  # its one slot is taken
-    acc.answered(BROKER)
-    acc.completed(first.requests[BROKER][0], None)
+    acknowledge(acc, first.requests[BROKER][0])
     assert sent(acc.drain(everyone_on(BROKER))) == [[b"p1"]]
 
 
@@ -238,8 +241,7 @@ def test_a_partition_sequence_counts_records_across_batches() -> None:
     for value in (b"a", b"b", b"c"):
         add(acc, topic, 0, value)
     first = acc.drain(everyone_on(BROKER)).requests[BROKER][0]
-    acc.answered(BROKER)
-    acc.completed(first, None)
+    acknowledge(acc, first)
     add(acc, topic, 0, b"d")
     second = acc.drain(everyone_on(BROKER)).requests[BROKER][0]
     assert parse_header(second.builder.build()).base_sequence == 3
@@ -277,8 +279,7 @@ def test_a_retried_batch_stays_first_and_goes_again_byte_for_byte_after_its_back
     again = acc.drain(everyone_on(OTHER)).requests[OTHER]
     assert again == [first]  # the same batch, its bytes (and sequence) unchanged
     assert parse_header(first.encoded).base_sequence == 0
-    acc.answered(OTHER)
-    acc.completed(first, None)
+    acknowledge(acc, first, OTHER)
     second = acc.drain(everyone_on(OTHER)).requests[OTHER][0]
     assert values(second) == [b"2"] and parse_header(second.builder.build()).base_sequence == 1
 
@@ -379,8 +380,7 @@ def test_a_topic_that_is_gone_fails_its_queued_batches_but_not_the_one_in_flight
     in_flight = acc.drain(everyone_on(BROKER)).requests[BROKER][0]
     dropped = acc.drop_topic("t")
     assert [values(b) for b in dropped] == [[b"2"]]
-    acc.answered(BROKER)
-    assert acc.completed(in_flight, None) is Verdict.DONE
+    acknowledge(acc, in_flight)
 
 
 def test_error_classes_are_retriable_as_the_accumulator_assumes() -> None:
