@@ -247,12 +247,11 @@ class Sender:
         """
         if verdict is Verdict.DONE:
             self.metrics["batches_sent"] += 1
-        elif verdict is Verdict.RETRY:
-            assert error is not None
+        elif verdict is Verdict.RETRY:  # only an error is retried
             self.metrics["retries"] += 1
             if isinstance(error, Throttled):
                 self.metrics["throttled"] += 1
-            if needs_new_route(error):
+            if error is not None and needs_new_route(error):
                 self.router.mark_stale(batch.topic)
                 self._refresh({batch.topic})
             return
