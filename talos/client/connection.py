@@ -63,6 +63,15 @@ def retry_policy(timeout: float) -> tenacity.Retrying:
     )
 
 
+def candidates(addresses: Sequence[str], bootstrap: Sequence[str]) -> list[str]:
+    """The brokers to try in order: the known ones, then the bootstrap list, each once."""
+    return list(dict.fromkeys([*addresses, *bootstrap]))
+
+
+def nobody_answered(tried: Sequence[str], last: TalosError | None) -> Unavailable:
+    return Unavailable(f"no broker answered (tried {', '.join(sorted(tried))}): {last}")
+
+
 class Connections:
     """One channel and stub per broker address, shared by the client's parts."""
 
@@ -104,16 +113,13 @@ class Connections:
     ) -> Any:
         """Try the given brokers then the bootstrap list until one answers."""
         last: TalosError | None = None
-        seen: set[str] = set()
-        for address in [*addresses, *self.bootstrap]:
-            if address in seen:
-                continue
-            seen.add(address)
+        tried = candidates(addresses, self.bootstrap)
+        for address in tried:
             try:
                 return self.call(address, method, request, timeout)
             except Unavailable as exc:
                 last = exc
-        raise Unavailable(f"no broker answered (tried {', '.join(sorted(seen))}): {last}")
+        raise nobody_answered(tried, last)
 
     def close(self) -> None:
         with self._lock:
@@ -121,3 +127,42 @@ class Connections:
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+
+
+class AioConnections:
+    """grpc.aio channels for the unary calls a producer's I/O loop makes (its loop only).
+
+    Metadata refreshes and producer ids are asked for on the loop, awaiting
+    the answer, so neither blocks the loop's other work (answers from other
+    brokers, sends to them).
+    """
+
+    def __init__(self, bootstrap: Sequence[str], request_timeout: float) -> None:
+        self.bootstrap = list(bootstrap)
+        self.request_timeout = request_timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> pb_grpc.BrokerStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS
+            )
+        return pb_grpc.BrokerStub(channel)
+
+    async def call_any(self, method: str, request: Any, addresses: Sequence[str] = ()) -> Any:
+        """Try the given brokers then the bootstrap list until one answers."""
+        last: TalosError | None = None
+        tried = candidates(addresses, self.bootstrap)
+        for address in tried:
+            rpc = getattr(self._stub(address), method)
+            try:
+                return await rpc(request, timeout=self.request_timeout)
+            except grpc.RpcError as exc:
+                last = from_grpc_error(exc, address)
+        raise nobody_answered(tried, last)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(grace=None)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: How long closing a stream waits for the broker's last answers.
 CLOSE_TIMEOUT_S = 5.0
 
+# Streams being closed in the background (a task must be referenced until it ends).
+_CLOSING: set[asyncio.Future[None]] = set()
+
 # What the answer callback receives: the broker's response, or why there is none.
 Answer = Callable[[Any, "pb.ProduceResponse | TalosError"], None]
 
@@ -72,14 +75,21 @@ class ProduceStream:
         self._reader: asyncio.Task[None] | None = None
         self._unwritten: deque[pb.ProduceRequest] = deque()  # loop thread only
         self._writer: asyncio.Future[None] | None = None  # the one writer task, while it runs
-        io.run(self._open(), timeout=30.0)
+        if io.is_current():
+            self._open_now()
+        else:
+            io.run(self._open(), timeout=30.0)
 
     @property
     def alive(self) -> bool:
         return self._broken is None
 
     def send(self, request: pb.ProduceRequest, token: Any) -> None:
-        """Queue a request; ``on_answer(token, ...)`` is called exactly once for it."""
+        """Queue a request; ``on_answer(token, ...)`` is called exactly once for it.
+
+        From the loop's own thread (the producer's sender) the request is
+        written without a hop; from another thread it is handed to the loop.
+        """
         with self._lock:
             broken = self._broken
             if broken is None:
@@ -88,6 +98,8 @@ class ProduceStream:
                 self._waiting[request.request_id] = (token, deadline)
         if broken is not None:
             self._on_answer(token, broken)
+        elif self._io.is_current():
+            self._write(request)
         else:
             self._io.call(self._write, request)
 
@@ -104,7 +116,12 @@ class ProduceStream:
 
     def close(self) -> None:
         """Half-close (the broker answers what it has), then stop; waiting requests fail."""
-        close_streams(self._io, [self], CLOSE_TIMEOUT_S)
+        if self._io.is_current():
+            task = asyncio.ensure_future(close_streams_on_loop([self], CLOSE_TIMEOUT_S))
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
+        else:
+            close_streams(self._io, [self], CLOSE_TIMEOUT_S)
 
     def _release(self) -> None:
         """Drop the gRPC objects now, while the interpreter runs (see close_streams)."""
@@ -114,6 +131,9 @@ class ProduceStream:
     # ---- on the loop --------------------------------------------------------
 
     async def _open(self) -> None:
+        self._open_now()
+
+    def _open_now(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._call = pb_grpc.BrokerStub(self._channel).ProduceStream(metadata=self._metadata)
         self._reader = asyncio.ensure_future(self._read())
@@ -183,16 +203,23 @@ def close_streams(io: IoLoop, streams: Sequence[ProduceStream], timeout: float) 
     take the GIL and the exit waits for it forever.
     """
 
-    async def close_all() -> None:
+    if streams:
+        try:
+            io.run(close_streams_on_loop(streams, timeout), timeout=timeout + 1.0)
+        except Exception:  # the loop is gone or a broker does not answer: fail what waits
+            log.debug("closing produce streams timed out or failed", exc_info=True)
+    for stream in streams:
+        stream._release()
+
+
+async def close_streams_on_loop(streams: Sequence[ProduceStream], timeout: float) -> None:
+    """close_streams() for the loop's own thread: waiting requests are failed there too."""
+    try:
         await asyncio.wait_for(
             asyncio.gather(*(stream._close() for stream in streams), return_exceptions=True),
             timeout,
         )
-
-    if streams:
-        try:
-            io.run(close_all(), timeout=timeout + 1.0)
-        except Exception:  # the loop is gone or a broker does not answer: fail what waits
-            log.debug("closing produce streams timed out or failed", exc_info=True)
+    except Exception:  # a broker does not answer: fail what waits
+        log.debug("closing produce streams timed out or failed", exc_info=True)
     for stream in streams:
         stream._release()

@@ -1,12 +1,27 @@
 """The producer: per-partition batching, client-side routing, idempotent retries.
 
-``send()`` appends to the partition's open batch and returns a future. A
-sender thread ships batches that are full or have lingered, grouping the
-partitions each broker owns into one request on that broker's produce stream,
-with a bounded number of requests in flight per broker. One batch per
-partition is in flight at a time, so a partition's order survives retries;
-a retried batch is sent byte for byte as before, and the broker's sequence
-check drops the duplicate.
+Three parts, after aiokafka's producer:
+
+- ``send()`` (any thread, synchronous, thread-safe) appends the record to its
+  partition's open batch in the :class:`~.accumulator.Accumulator` and
+  returns a future, or nothing when given ``on_delivery`` (the fast path: no
+  future per message, as confluent-kafka's ``produce(on_delivery=...)``).
+- The :class:`~.sender.Sender` is a coroutine on the producer's one I/O loop
+  thread. It ships batches that are full or have lingered, grouping the
+  partitions each broker owns into one request on that broker's produce
+  stream, with a bounded number of requests in flight per broker; metadata
+  and producer ids are fetched by tasks on the same loop, from cached routes.
+- Answers are handled on that loop thread too. **Every future callback and
+  every ``on_delivery`` callback runs on the producer's I/O thread**
+  (``talos-producer-io``). Keep callbacks short; waiting on the producer from
+  one (``flush()``, ``close()``, ``result()`` or ``exception()`` of a record
+  future not yet done, ``concurrent.futures.wait``, a ``send()`` blocked by a
+  full buffer) would wait for the thread that is waiting, so it is refused
+  with :class:`~talos.errors.InvalidArgument`.
+
+One batch per partition is in flight at a time, so a partition's order
+survives retries; a retried batch is sent byte for byte as before, and the
+broker's sequence check drops the duplicate.
 """
 
 from __future__ import annotations
@@ -18,33 +33,33 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures._base import FINISHED, PENDING
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from talos.aio import IoLoop
-from talos.clock import SYSTEM_CLOCK, Clock
+from talos.clock import SYSTEM_CLOCK, Clock, SystemClock
 from talos.config import validate_partition, validate_topic_name
-from talos.errors import (
-    InvalidArgument,
-    MessageTooLarge,
-    TalosError,
-    TalosTimeout,
-    Throttled,
-    Unavailable,
-)
-from talos.proto import talos_pb2 as pb
-from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
+from talos.errors import InvalidArgument, MessageTooLarge, TalosError, TalosTimeout
+from talos.record.batch import HEADER_SIZE, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
-from talos.wire import raise_for
 
-from .connection import Connections, retry_policy
-from .produce_stream import CLOSE_TIMEOUT_S, ProduceStream, close_streams
-from .routing import Router, TopicRoute, partition_error
+from .accumulator import BATCH_SLACK_BYTES, Accumulator, Batch, TopicBatches, nagle_hold
+from .connection import Connections
+from .routing import Router, TopicRoute
+from .sender import Sender
+
+__all__ = [
+    "BATCH_SLACK_BYTES",
+    "DeliveryCallback",
+    "Producer",
+    "RecordFuture",
+    "RecordMetadata",
+    "key_partition",
+    "nagle_hold",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +76,16 @@ def _close_open_producers() -> None:
             producer.close(timeout=0)
 
 
-# Headroom under max_message_bytes: a record's timestamp delta may take up to 9
-# more bytes than record_size() assumes, and compression adds frame overhead.
-BATCH_SLACK_BYTES = 64
+_time_ns = time.time_ns
+
 # More than a record with no key and no headers adds to its value: length, timestamp
 # delta, null key, value length and header count varints (for values under 2 MB).
 VALUE_OVERHEAD = 16
+
+_REFUSED = (
+    "cannot wait from a send callback (callbacks run on the producer's I/O thread, "
+    "which delivers what you would wait for); hand the work to another thread"
+)
 
 
 class RecordMetadata(NamedTuple):
@@ -75,14 +94,28 @@ class RecordMetadata(NamedTuple):
     offset: int
 
 
+#: ``on_delivery(error, metadata)``: exactly one of the two is None. Runs on the I/O thread.
+DeliveryCallback = Callable[[TalosError | None, RecordMetadata | None], None]
+
+
 class _Outcome:
     """What every record of one batch shares: one lock, one state, one base offset or error."""
 
-    __slots__ = ("base_offset", "condition", "error", "partition", "state", "topic", "watchers")
+    __slots__ = (
+        "base_offset",
+        "condition",
+        "error",
+        "io",
+        "partition",
+        "state",
+        "topic",
+        "watchers",
+    )
 
-    def __init__(self, topic: str, partition: int) -> None:
+    def __init__(self, topic: str, partition: int, io: IoLoop | None = None) -> None:
         self.topic = topic
         self.partition = partition
+        self.io = io
         # Reentrant like Future's own: concurrent.futures.wait() takes every future's lock.
         self.condition = threading.Condition()
         self.state = PENDING
@@ -96,6 +129,11 @@ class _Outcome:
         if lists is None:
             lists = self.watchers[future] = ([], [])
         return lists
+
+    def refuse_wait(self, what: str) -> None:
+        """Waiting for this outcome on the thread that delivers it would never end."""
+        if self.state != FINISHED and self.io is not None and self.io.is_current():
+            raise InvalidArgument(f"{what}: {_REFUSED}")
 
     def complete(self, base_offset: int, error: BaseException | None) -> None:
         with self.condition:
@@ -154,11 +192,20 @@ class RecordFuture(Future[RecordMetadata]):
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
+        self._outcome.refuse_wait("concurrent.futures.wait")
         return self._outcome.watched(self)[0]
 
     @property
     def _done_callbacks(self) -> list[Any]:
         return self._outcome.watched(self)[1]
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        self._outcome.refuse_wait("result")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._outcome.refuse_wait("exception")
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         return False
@@ -173,85 +220,19 @@ class RecordFuture(Future[RecordMetadata]):
         raise RuntimeError("a record future is completed by the producer only")
 
 
-class _Batch:
-    __slots__ = (
-        "attempts",
-        "builder",
-        "count",
-        "created",
-        "deadline",
-        "encoded",
-        "held_at",
-        "outcome",
-        "partition",
-        "size",
-        "topic",
-    )
-
-    def __init__(self, topic: str, partition: int, builder: BatchBuilder, created: float) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.builder = builder
-        self.outcome = _Outcome(topic, partition)
-        self.count = 0
-        self.size = HEADER_SIZE
-        self.created = created
-        self.encoded: bytes | None = None
-        self.held_at = -1  # its broker's answer count when its linger ran out while busy
-        self.attempts = 0
-        self.deadline = 0.0
-
-
 class _Topic:
     """What send() needs to know of a topic, looked up once per topic, not per message."""
 
-    __slots__ = ("cap", "fast_value_max", "limit", "name", "open", "partitions", "route", "sticky")
+    __slots__ = ("batches", "fast_value_max", "limit", "name", "partitions", "route")
 
-    def __init__(self, route: TopicRoute, batch_bytes: int, previous: _Topic | None) -> None:
+    def __init__(self, route: TopicRoute, batches: TopicBatches) -> None:
         self.name = route.name
         self.route = route
         self.partitions = route.partitions
         self.limit = route.config.max_message_bytes
-        # A batch must also fit the topic's limit, which the broker applies to whole
-        # batches; keep room for longer timestamp deltas and compression framing.
-        self.cap = min(batch_bytes, self.limit - BATCH_SLACK_BYTES)
+        self.batches = batches
         # Values up to this size need no exact size check (see VALUE_OVERHEAD).
         self.fast_value_max = self.limit - BATCH_SLACK_BYTES - HEADER_SIZE - VALUE_OVERHEAD
-        self.open: list[_Batch | None] = [None] * self.partitions
-        self.sticky = -1
-        if previous is not None:  # partitions only grow
-            self.open[: len(previous.open)] = previous.open
-            self.sticky = previous.sticky
-
-
-@dataclass
-class _PartitionQueue:
-    ready: deque[_Batch] = field(default_factory=deque)
-    in_flight: bool = False
-    retry_at: float = 0.0
-    producer_id: int = -1  # not chosen yet, or dropped with a broken sequence
-    sequence_broken: bool = False
-    next_sequence: int = 0
-    address: str = ""  # the broker its last batch went to
-
-    def break_sequence(self) -> None:
-        """Its next batch starts a new sequence under a fresh producer id."""
-        self.producer_id = -1
-        self.sequence_broken = True
-
-
-def nagle_hold(in_flight: int, answers: int, held_at: int) -> tuple[bool, int]:
-    """Hold a lingered batch? And the broker's answer count to remember for it.
-
-    Held while the broker has requests of ours in flight, but only until its
-    next answer (``answers`` passes the count seen when the hold began): a
-    broker kept busy by other partitions' requests must not starve it.
-    """
-    if not in_flight:
-        return False, -1
-    if held_at < 0:
-        return True, answers
-    return answers == held_at, held_at
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -291,6 +272,10 @@ class Producer:
                 f"buffer_bytes: must be between batch_bytes ({batch_bytes}) and {2**40}, "
                 f"got {buffer_bytes}"
             )
+        if not 0 < delivery_timeout_s <= 86_400:
+            raise InvalidArgument(
+                f"delivery_timeout_s: must be above 0 and at most 86400, got {delivery_timeout_s}"
+            )
         self.codec: Codec = parse_codec(compression)
         self.buffer_bytes = buffer_bytes
         self.linger_s = linger_ms / 1000
@@ -300,23 +285,17 @@ class Producer:
         self.max_in_flight = max_in_flight_per_broker
         self.clock = clock
         self._wall_ms = clock.wall_ms
+        self._system_clock = type(clock) is SystemClock
         self.connections = Connections(bootstrap, request_timeout=request_timeout_s, tenant=tenant)
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
-        self._open: dict[tuple[str, int], _Batch] = {}
-        self._queues: dict[tuple[str, int], _PartitionQueue] = {}
         self._round_robin = itertools.count()
-        self._in_flight: dict[str, int] = {}
-        self._answers: dict[str, int] = {}  # answers (or failures) per broker so far
-        self._outstanding = 0
-        self._buffered = 0  # bytes of sealed batches not yet acknowledged or failed
-        self._flush_requested = 0
+        self._outstanding = 0  # records sent and not yet acknowledged or failed
         self._closed = False
-        self._producer_id = -1
         # send() takes the bare lock (cheap); waits and wake-ups go through the condition.
         self._mutex = threading.Lock()
         self._lock = threading.Condition(self._mutex)
-        self.metrics = {
+        self.metrics: dict[str, Any] = {
             "batches_sent": 0,
             "retries": 0,
             "requests": 0,
@@ -324,12 +303,26 @@ class Producer:
             "throttled": 0,  # batches the broker pushed back (retried)
             "producer_ids": 0,  # ids asked for: one, plus one per broken partition sequence
         }
-        # One produce stream per broker, opened and reopened by the sender thread,
-        # all served by one asyncio loop thread.
+        self._acc = Accumulator(
+            clock,
+            linger_s=self.linger_s,
+            delivery_timeout_s=delivery_timeout_s,
+            max_in_flight=max_in_flight_per_broker,
+            idempotent=idempotent,
+            codec=self.codec,
+        )
         self._io = IoLoop("talos-producer-io")
-        self._streams: dict[str, ProduceStream] = {}
-        self._deadlines_checked = 0.0
-        self._sender = threading.Thread(target=self._run, name="talos-producer-sender", daemon=True)
+        self._sender = Sender(
+            self._acc,
+            self._lock,
+            self.router,
+            self._io,
+            clock,
+            request_timeout_s,
+            self._finish,
+            self._settled,
+            self.metrics,
+        )
         self._sender.start()
         _OPEN.add(self)
 
@@ -343,19 +336,23 @@ class Producer:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes | None]] = (),
         timestamp_ms: int | None = None,
-    ) -> Future[RecordMetadata]:
+        on_delivery: DeliveryCallback | None = None,
+    ) -> Any:
         """Queue one record; the future completes when its batch is acknowledged.
 
+        With ``on_delivery``, no future is made: ``on_delivery(error, metadata)``
+        is called once the batch is answered, and send() returns None. Either way
+        the callback runs on the producer's I/O thread (see the module doc).
+
         This runs once per message, so the common case (no key, no headers, a known
-        topic, an open batch) does a handful of dictionary lookups and one append.
-        Callbacks added to the future run on the producer's I/O thread: keep them
-        short, and never wait on this producer from one (as with Kafka's producer).
+        topic, an open batch) does a handful of lookups and one append.
         """
         if self._closed:
             raise InvalidArgument("producer: already closed")
         entry = self._topics.get(topic)
         if entry is None:
             entry = self._topic(topic)
+        batches = entry.batches
         try:
             if key is None and not headers and value is not None:
                 size = len(value) + VALUE_OVERHEAD
@@ -365,43 +362,55 @@ class Producer:
                 size = self._checked_size(entry, value, key, headers)
             if partition is None:
                 if key is None:
-                    partition = entry.sticky
+                    partition = batches.sticky
                     if partition < 0:
-                        partition = entry.sticky = next(self._round_robin) % entry.partitions
+                        partition = batches.sticky = next(self._round_robin) % entry.partitions
                 else:
                     partition = key_partition(key, entry.partitions)
             else:
                 validate_partition(partition, entry.partitions)
         except TypeError:
             raise bad_record_error(value, key, timestamp_ms, headers) from None
-        if entry.open[partition] is None:
+        if batches.open[partition] is None:
             entry = self._fresh_topic(entry)  # once per batch: has the topic changed?
-        timestamp = self._wall_ms() if timestamp_ms is None else timestamp_ms
+            batches = entry.batches
+        if timestamp_ms is not None:
+            timestamp = timestamp_ms
+        elif self._system_clock:
+            timestamp = _time_ns() // 1_000_000  # SystemClock.wall_ms without its frame
+        else:
+            timestamp = self._wall_ms()
         with self._mutex:
-            batch = entry.open[partition]
-            if batch is not None and batch.size + size > entry.cap:
-                self._seal(entry, batch)
-                batch = None
-            if batch is None:
-                if self._buffered >= self.buffer_bytes:
-                    self._wait_for_buffer()
-                batch = self._open_batch(entry, partition)
-            batch.size += batch.builder.append(value, key, timestamp, headers)
-            index = batch.count
-            batch.count = index + 1
+            batch = batches.open[partition]
+            if batch is not None and batch.size + size < batches.cap:
+                # Accumulator.append for the common case, inlined (a frame less per
+                # message): the open batch has room and stays open.
+                batch.size += batch.builder.append(value, key, timestamp, headers)
+                index = batch.count
+                batch.count = index + 1
+            else:
+                batch = self._append(batches, partition, value, key, timestamp, headers, size)
+                index = batch.count - 1
             self._outstanding += 1
-            if batch.size >= entry.cap:
-                self._seal(entry, batch)
-                self._lock.notify()
-        return RecordFuture(batch.outcome, index)
+            if on_delivery is not None:
+                if batch.delivery_callbacks is None:
+                    batch.delivery_callbacks = [on_delivery]
+                else:
+                    batch.delivery_callbacks.append(on_delivery)
+                batch.delivery_indexes.append(index)
+                return None
+            outcome = batch.outcome
+            if outcome is None:
+                outcome = batch.outcome = _Outcome(batch.topic, batch.partition, self._io)
+        return RecordFuture(outcome, index)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait for every outstanding send to finish."""
-        self._refuse_on_io_thread("flush")
+        self.refuse_on_io_thread("flush")
         deadline = None if timeout is None else self.clock.monotonic() + timeout
         with self._lock:
-            self._flush_requested += 1
-            self._lock.notify_all()
+            self._sender.flush_requested += 1
+            self._sender.wake()
             try:
                 while self._outstanding > 0:
                     remaining = None if deadline is None else deadline - self.clock.monotonic()
@@ -409,7 +418,7 @@ class Producer:
                         raise TalosTimeout(f"flush: {self._outstanding} sends still outstanding")
                     self._lock.wait(0.05 if remaining is None else min(remaining, 0.05))
             finally:
-                self._flush_requested -= 1
+                self._sender.flush_requested -= 1
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Send what is buffered (waiting up to ``timeout``), then let go of everything.
@@ -420,16 +429,12 @@ class Producer:
         """
         if self._closed:
             return
-        self._refuse_on_io_thread("close")
+        self.refuse_on_io_thread("close")
         try:
             self.flush(timeout)
         finally:
-            with self._lock:
-                self._closed = True
-                self._lock.notify_all()
-            self._sender.join(timeout=5)
-            streams, self._streams = list(self._streams.values()), {}
-            close_streams(self._io, streams, CLOSE_TIMEOUT_S)
+            self._closed = True
+            self._sender.shutdown()
             self._io.close()
             self.connections.close()
             _OPEN.discard(self)
@@ -440,34 +445,38 @@ class Producer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _refuse_on_io_thread(self, what: str) -> None:
+    def refuse_on_io_thread(self, what: str) -> None:
         """Waiting for acknowledgements on the thread that delivers them would never end."""
         if self._io.is_current():
-            raise InvalidArgument(
-                f"{what}: cannot wait from a send callback (callbacks run on the "
-                "producer's I/O thread); hand the work to another thread"
-            )
+            raise InvalidArgument(f"{what}: {_REFUSED}")
 
     # ---- topics -------------------------------------------------------------
 
     def _topic(self, topic: str) -> _Topic:
+        """A topic seen for the first time: wait for its route (on the caller's thread)."""
         route = self.router.route(validate_topic_name(topic))
         with self._mutex:
             entry = self._topics.get(topic)
             if entry is None or entry.route is not route:
-                entry = self._topics[topic] = _Topic(route, self.batch_bytes, entry)
+                entry = self._topics[topic] = self._entry(route)
             return entry
 
     def _fresh_topic(self, entry: _Topic) -> _Topic:
-        """The entry for the router's current route (it may have refreshed or expired)."""
-        route = self.router.route(entry.name)
-        if route is entry.route:
+        """The entry for the router's cached route (the sender refreshes it, never send())."""
+        route = self.router.cached(entry.name)
+        if route is None or route is entry.route:
             return entry
         with self._mutex:
             current = self._topics[entry.name]
             if current.route is not route:
-                current = self._topics[entry.name] = _Topic(route, self.batch_bytes, current)
+                current = self._topics[entry.name] = self._entry(route)
             return current
+
+    def _entry(self, route: TopicRoute) -> _Topic:
+        # A batch must also fit the topic's limit, which the broker applies to whole
+        # batches; keep room for longer timestamp deltas and compression framing.
+        cap = min(self.batch_bytes, route.config.max_message_bytes - BATCH_SLACK_BYTES)
+        return _Topic(route, self._acc.topic(route.name, route.partitions, cap))
 
     @staticmethod
     def _checked_size(
@@ -485,297 +494,66 @@ class Producer:
             )
         return size
 
-    # ---- batching (under the lock) ------------------------------------------
+    # ---- under the lock -----------------------------------------------------
+
+    def _append(
+        self,
+        batches: TopicBatches,
+        partition: int,
+        value: bytes | None,
+        key: bytes | None,
+        timestamp: int,
+        headers: Sequence[tuple[str, bytes | None]],
+        size: int,
+    ) -> Batch:
+        """The record opens or fills a batch: back-pressure first, then wake the sender."""
+        acc = self._acc
+        if acc.buffered >= self.buffer_bytes and acc.would_open(batches, partition, size):
+            self._wait_for_buffer()
+        batch = acc.append(batches, partition, value, key, timestamp, headers, size)
+        if (batch.sealed or batch.count == 1) and acc.first_in_line(batch):
+            # Wake the sender if it sleeps past when this batch is due (a full one: now).
+            # A batch behind another of its partition goes after that one's answer, which
+            # wakes the sender anyway: waking it now would only contend for this lock.
+            due = 0.0 if batch.sealed else batch.created + self.linger_s
+            if due < self._sender.wake_at:
+                self._sender.wake()
+        return batch
 
     def _wait_for_buffer(self) -> None:
         """Block send() while buffer_bytes are waiting to be acknowledged (back-pressure)."""
-        self._refuse_on_io_thread("send (with buffer_bytes full)")
+        self.refuse_on_io_thread("send (with buffer_bytes full)")
         deadline = self.clock.monotonic() + self.delivery_timeout_s
-        while self._buffered >= self.buffer_bytes and not self._closed:
+        while self._acc.buffered >= self.buffer_bytes and not self._closed:
             left = deadline - self.clock.monotonic()
             if left <= 0:
                 raise TalosTimeout(
-                    f"send: {self._buffered} bytes still unacknowledged after "
+                    f"send: {self._acc.buffered} bytes still unacknowledged after "
                     f"{self.delivery_timeout_s}s (buffer_bytes {self.buffer_bytes})"
                 )
             self._lock.wait(min(left, 0.05))
 
-    def _open_batch(self, entry: _Topic, partition: int) -> _Batch:
-        batch = _Batch(
-            entry.name, partition, BatchBuilder(codec=self.codec), self.clock.monotonic()
-        )
-        entry.open[partition] = batch
-        self._open[(entry.name, partition)] = batch
-        self._lock.notify()  # the sender times the linger from now
-        return batch
+    # ---- on the I/O loop ----------------------------------------------------
 
-    def _seal(self, entry: _Topic, batch: _Batch) -> None:
-        tp = (batch.topic, batch.partition)
-        if entry.open[batch.partition] is batch:
-            entry.open[batch.partition] = None
-        self._open.pop(tp, None)
-        if entry.sticky == batch.partition:
-            entry.sticky = -1
-        if batch.count == 0:  # its only append was refused
-            return
-        batch.deadline = self.clock.monotonic() + self.delivery_timeout_s
-        self._buffered += batch.size
-        self._queues.setdefault(tp, _PartitionQueue()).ready.append(batch)
+    def _finish(self, batch: Batch, base_offset: int, error: TalosError | None) -> None:
+        """Complete every record of the batch at once (futures, then on_delivery callbacks)."""
+        if batch.outcome is not None:
+            batch.outcome.complete(base_offset, error)
+        if batch.delivery_callbacks is not None:
+            topic, partition = batch.topic, batch.partition
+            for index, callback in zip(
+                batch.delivery_indexes, batch.delivery_callbacks, strict=True
+            ):
+                try:
+                    if error is None:
+                        callback(None, RecordMetadata(topic, partition, base_offset + index))
+                    else:
+                        callback(error, None)
+                except Exception:
+                    log.exception("exception calling on_delivery for %s/%s", topic, partition)
 
-    def _seal_lingering(self, now: float) -> float:
-        """Seal open batches whose linger expired; return seconds until the next expires.
-
-        A lingered batch stays open while its partition or its broker is busy
-        with an earlier request of ours: it grows meanwhile, and the next answer
-        from that broker (which wakes this thread) lets it go out together with
-        every other batch waiting for that broker, in one request. This is
-        Nagle's rule for produce: at modest rates it cuts the requests, whose
-        fixed cost is most of a produce's CPU, and it adds at most one round
-        trip: a broker kept busy by other partitions' full batches holds a
-        batch only until its next answer. Full batches are sealed by send() and
-        pipelined up to max_in_flight_per_broker.
-        """
-        wait = 0.1
-        for batch in list(self._open.values()):
-            due = batch.created + self.linger_s
-            if self._flush_requested or due <= now:
-                queue = self._queues.get((batch.topic, batch.partition))
-                if queue is not None and (
-                    queue.in_flight or queue.ready or self._broker_busy(queue.address, batch)
-                ):
-                    continue
-                self._seal(self._topics[batch.topic], batch)
-            else:
-                wait = min(wait, due - now)
-        return wait
-
-    def _broker_busy(self, address: str, batch: _Batch) -> bool:
-        hold, batch.held_at = nagle_hold(
-            self._in_flight.get(address, 0), self._answers.get(address, 0), batch.held_at
-        )
-        return hold
-
-    # ---- sender thread ------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            self._check_deadlines()
-            with self._lock:
-                if self._closed:
-                    unsent = self._take_unsent()
-                    break
-                now = self.clock.monotonic()
-                wait = self._seal_lingering(now)
-                ready, expired = self._take_ready(now)
-                if not ready and not expired:
-                    self._lock.wait(max(wait, 0.0005))
-                    continue
-            for batch in expired:
-                self._fail(
-                    batch, TalosTimeout(f"{batch.topic}/{batch.partition}: delivery timed out")
-                )
-            if not ready:
-                continue
-            try:
-                self._dispatch(ready)
-            except Exception:  # never let the sender die with batches queued
-                log.exception("producer sender failed")
-                time.sleep(0.1)
-        # Closed: what is in flight is answered as the streams close; the rest fails now.
-        for batch in unsent:
-            self._fail(batch, TalosTimeout("producer closed before the batch was acknowledged"))
-
-    def _take_unsent(self) -> list[_Batch]:
-        """Every batch not on the wire, out of the queues (lock held): close() ran out of time."""
-        for batch in list(self._open.values()):
-            self._seal(self._topics[batch.topic], batch)
-        unsent: list[_Batch] = []
-        for queue in self._queues.values():
-            keep = 1 if queue.in_flight else 0  # the in-flight batch is the first
-            while len(queue.ready) > keep:
-                unsent.append(queue.ready.pop())
-        unsent.reverse()
-        return unsent
-
-    def _check_deadlines(self) -> None:
-        """A broker that stopped answering fails its requests (retriable) after the timeout."""
-        now = self.clock.monotonic()
-        if now - self._deadlines_checked > 0.1:
-            self._deadlines_checked = now
-            for stream in list(self._streams.values()):
-                stream.check_deadline()
-
-    def _take_ready(self, now: float) -> tuple[list[_Batch], list[_Batch]]:
-        taken: list[_Batch] = []
-        expired: list[_Batch] = []
-        for queue in self._queues.values():
-            if queue.ready and not queue.in_flight and queue.retry_at <= now:
-                batch = queue.ready[0]
-                if now > batch.deadline:
-                    queue.ready.popleft()
-                    expired.append(batch)
-                    queue.break_sequence()  # the sequence may have a gap now
-                    continue
-                queue.in_flight = True
-                taken.append(batch)
-        return taken, expired
-
-    def _dispatch(self, batches: list[_Batch]) -> None:
-        by_address: dict[str, list[_Batch]] = {}
-        for batch in batches:
-            try:
-                self._encode(batch)
-                address = self.router.owner_address(batch.topic, batch.partition)
-                self._queues[(batch.topic, batch.partition)].address = address
-            except TalosError as exc:
-                self._completed(batch, exc)
-                continue
-            by_address.setdefault(address, []).append(batch)
-        for address, group in by_address.items():
-            self._take_slot(address)
-            request = pb.ProduceRequest()
-            for batch in group:
-                request.batches.add(
-                    topic=batch.topic, partition=batch.partition, records=batch.encoded
-                )
-            self.metrics["requests"] += 1
-            try:
-                stream = self._stream(address)
-            except Exception as exc:  # e.g. the I/O loop did not answer: retry, never strand
-                self._answered((address, group), Unavailable(f"broker {address}: {exc!r}"))
-                continue
-            stream.send(request, (address, group))
-
-    def _take_slot(self, address: str) -> None:
-        """Wait until the broker has fewer than max_in_flight requests outstanding."""
-        while True:
-            with self._lock:
-                in_flight = self._in_flight.get(address, 0)
-                if in_flight < self.max_in_flight or self._closed:
-                    self._in_flight[address] = in_flight + 1
-                    return
-                self._lock.wait(0.05)
-            self._check_deadlines()
-
-    def _encode(self, batch: _Batch) -> None:
-        if batch.encoded is not None:
-            return
-        queue = self._queues[(batch.topic, batch.partition)]
-        if self.idempotent:
-            if queue.producer_id < 0:
-                queue.producer_id = self._producer_id_for(queue)
-                queue.next_sequence = 0
-            batch.builder.set_sequence(queue.producer_id, 0, queue.next_sequence)
-            queue.next_sequence += batch.builder.record_count
-        batch.encoded = batch.builder.build()
-
-    def _producer_id_for(self, queue: _PartitionQueue) -> int:
-        """The producer's one id; a fresh one where a partition's sequence broke.
-
-        Every partition keeps its own sequence from 0 under the same id, so only
-        the producer's first batch asks a broker for an id (a ZooKeeper write).
-        A partition whose sequence may have a gap starts anew under a fresh id.
-        """
-        if self._producer_id < 0:
-            self._producer_id = self._init_producer_id()
-            producer_id = self._producer_id
-        elif queue.sequence_broken:
-            producer_id = self._init_producer_id()  # may raise: the queue stays broken
-        else:
-            return self._producer_id
-        queue.sequence_broken = False
-        return producer_id
-
-    def _init_producer_id(self) -> int:
-        def call() -> int:
-            response: pb.InitProducerResponse = self.connections.call_any(
-                "InitProducer", pb.InitProducerRequest(), list(self.router.brokers.values())
-            )
-            raise_for(response.error)
-            self.metrics["producer_ids"] += 1
-            return int(response.producer_id)
-
-        return retry_policy(30.0)(call)
-
-    def _stream(self, address: str) -> ProduceStream:
-        """The broker's produce stream; a broken one is replaced (sender thread only)."""
-        stream = self._streams.get(address)
-        if stream is None or not stream.alive:
-            if stream is not None:
-                stream.close()  # its channel
-            stream = self._streams[address] = ProduceStream(
-                address,
-                self._io,
-                self._answered,
-                self.connections.request_timeout,
-                self.clock,
-                self.connections.metadata,
-            )
-        return stream
-
-    def _answered(
-        self, token: tuple[str, list[_Batch]], outcome: pb.ProduceResponse | TalosError
-    ) -> None:
-        """The broker's answer to one request, or why there is none (any thread)."""
-        address, group = token
-        with self._lock:
-            self._in_flight[address] -= 1
-            self._answers[address] = self._answers.get(address, 0) + 1
-            self._lock.notify_all()
-        if isinstance(outcome, TalosError):
-            for batch in group:
-                self._completed(batch, outcome)
-            return
-        for batch, result in zip(group, outcome.results, strict=True):
-            self._completed(batch, partition_error(result.error), result.base_offset)
-
-    def _completed(self, batch: _Batch, error: TalosError | None, base_offset: int = 0) -> None:
-        tp = (batch.topic, batch.partition)
-        with self._lock:
-            queue = self._queues[tp]
-            queue.in_flight = False
-            if error is None:
-                queue.ready.popleft()
-                self.metrics["batches_sent"] += 1
-            elif error.retriable and self.clock.monotonic() < batch.deadline and not self._closed:
-                batch.attempts += 1
-                self.metrics["retries"] += 1
-                queue.retry_at = self.clock.monotonic() + retry_delay(error, batch.attempts)
-                if isinstance(error, Throttled):
-                    self.metrics["throttled"] += 1
-                else:  # a quota's THROTTLED says nothing about where the partition lives
-                    self.router.mark_stale(batch.topic)
-                self._lock.notify_all()
-                return
-            else:
-                queue.ready.popleft()
-                if batch.encoded is not None:
-                    queue.break_sequence()  # this sequence may never have landed
-            self._lock.notify_all()
-        self._finish(batch, base_offset, error)
-
-    def _fail(self, batch: _Batch, error: TalosError) -> None:
-        self._finish(batch, 0, error)
-
-    def _finish(self, batch: _Batch, base_offset: int, error: TalosError | None) -> None:
-        """Complete every record future of the batch at once; then count them done."""
-        batch.outcome.complete(base_offset, error)
-        with self._lock:
-            self._outstanding -= batch.count
-            self._buffered -= batch.size
-            if error is not None:
-                self.metrics["records_failed"] += batch.count
-            self._lock.notify_all()
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential backoff for a batch's next attempt, capped at one second."""
-    return float(min(1.0, 0.02 * 2 ** min(attempt, 10)))
-
-
-def retry_delay(error: TalosError, attempt: int) -> float:
-    """Seconds before a batch's next attempt: a quota's retry-after when the broker gave
-    one (waiting less is refused again, waiting more under-uses the quota), else backoff."""
-    if isinstance(error, Throttled) and error.retry_after_ms > 0:
-        return error.retry_after_ms / 1000
-    return _backoff(attempt)
+    def _settled(self, records: int, failed: int) -> None:
+        """Lock held: ``records`` completed (their callbacks ran), ``failed`` of them failed."""
+        self._outstanding -= records
+        self.metrics["records_failed"] += failed
+        self._lock.notify_all()

@@ -273,6 +273,7 @@ class RegionalProducer:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record sent so far is acknowledged somewhere or failed."""
+        self._refuse_on_io_thread("flush")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -294,6 +295,7 @@ class RegionalProducer:
     def close(self, timeout: float | None = 30.0) -> None:
         if self._closed:
             return
+        self._refuse_on_io_thread("close")
         try:
             self.flush(timeout)
         finally:
@@ -304,6 +306,13 @@ class RegionalProducer:
                     producer.close(timeout=1.0)
                 except TalosError as exc:
                     log.warning("closing the producer failed: %s", exc)
+
+    def _refuse_on_io_thread(self, what: str) -> None:
+        """Callbacks run on a region producer's I/O thread: waiting there would never end."""
+        with self._lock:
+            producers = list(self._producers.values())
+        for producer in producers:
+            producer.refuse_on_io_thread(what)
 
     def __enter__(self) -> RegionalProducer:
         return self

@@ -57,6 +57,11 @@ class Router:
         response: pb.MetadataResponse = self.connections.call_any(
             "Metadata", pb.MetadataRequest(topics=topics), addresses=list(self._brokers.values())
         )
+        self.apply(response)
+        return response
+
+    def apply(self, response: pb.MetadataResponse) -> None:
+        """Take a Metadata answer into the cache (however it was fetched)."""
         now = self.clock.monotonic()
         with self._lock:
             if response.brokers:
@@ -80,7 +85,24 @@ class Router:
                 )
                 self._fetched_at[info.name] = now
                 self._stale.discard(info.name)
-        return response
+
+    def cached(self, topic: str) -> TopicRoute | None:
+        """The cached route however old, without asking anyone (None if never seen)."""
+        return self._topics.get(topic)
+
+    def cached_owner(self, topic: str, partition: int) -> str:
+        """The owner's address from the cache, "" when unknown; never asks a broker."""
+        route = self._topics.get(topic)
+        if route is None or partition >= route.partitions:
+            return ""
+        return self._brokers.get(route.owners[partition], "")
+
+    def needs_refresh(self, topic: str) -> bool:
+        """Marked stale, or older than ``max_age_s``."""
+        return (
+            topic in self._stale
+            or self.clock.monotonic() - self._fetched_at.get(topic, 0.0) >= self.max_age_s
+        )
 
     def route(self, topic: str) -> TopicRoute:
         """The cached route, refreshed when stale; waits briefly for a new topic to appear."""

@@ -36,14 +36,6 @@ def test_retry_after_crosses_the_wire() -> None:
     assert isinstance(from_wire(9, "busy"), Throttled)
 
 
-def test_the_producer_waits_a_quotas_retry_after_else_backs_off() -> None:
-    from talos.client.producer import _backoff, retry_delay
-
-    assert retry_delay(Throttled("over quota", retry_after_ms=250), attempt=7) == 0.25
-    assert retry_delay(Throttled("queue full"), attempt=3) == _backoff(3)
-    assert retry_delay(InvalidArgument("x"), attempt=1) == _backoff(1)
-
-
 def test_every_tenant_is_a_scope_only_with_a_topic() -> None:
     assert check_scope("*", "logs") == "*"
     assert check_scope("team-a", None) == "team-a"
