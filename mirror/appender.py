@@ -34,6 +34,7 @@ from talos.errors import (
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import BatchHeader, iter_batches, parse_header, with_origin
+from talos.security.tls import ClientSecurity
 from talos.wire import error_from_proto
 
 from .reader import ReadResult
@@ -163,11 +164,14 @@ class TargetClient:
         *,
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        security: ClientSecurity | None = None,
     ) -> None:
         from talos.client.connection import Connections
         from talos.client.routing import Router
 
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, security=security
+        )
         self.router = Router(self.connections, clock)
 
     def refresh(self, topic: str) -> None:

@@ -630,7 +630,10 @@ def make_reader(
 ) -> SourceReader:
     if kind == "fetch":
         return FetchReader(
-            source.bootstrap, request_timeout_s=options.request_timeout_s, clock=clock
+            source.bootstrap,
+            request_timeout_s=options.request_timeout_s,
+            clock=clock,
+            security=source.client_security(),
         )
     if kind != "store":
         raise InvalidArgument(f"reader: must be one of {', '.join(READERS)}, got {kind!r}")
@@ -712,6 +715,7 @@ class LinkWorker:
                     self.target.bootstrap,
                     request_timeout_s=options.request_timeout_s,
                     clock=self.clock,
+                    security=self.target.client_security(),
                 ),
                 target_zk=target_zk,
                 quota=TokenBucket(self.link.bandwidth_bytes_s, clock=self.clock),

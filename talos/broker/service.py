@@ -27,6 +27,8 @@ from talos.errors import (
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.record.batch import BatchHeader, iter_batches, validate_single_batch
+from talos.security import interceptor as auth
+from talos.security.acl import Operation
 from talos.wire import error_to_proto
 
 if TYPE_CHECKING:
@@ -147,6 +149,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         for batch in request.batches:
             metrics.produced(batch.topic, len(batch.records))
             try:
+                auth.check(Operation.PRODUCE, batch.topic)  # a no-op without --auth
                 plog = broker.owned_log(batch.topic, batch.partition)
                 meta = broker.topic_cache.get(batch.topic)
                 if meta is not None and meta.mirror is not None and not meta.mirror.writable:

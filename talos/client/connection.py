@@ -11,6 +11,7 @@ import tenacity
 
 from talos.errors import InvalidArgument, TalosError, Unavailable
 from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.security.tls import ClientSecurity, diagnose
 from talos.wire import from_grpc_error
 
 T = TypeVar("T")
@@ -22,6 +23,46 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+_default_security: ClientSecurity | None = None
+
+
+def set_default_security(security: ClientSecurity | None) -> None:
+    """What clients built without ``security=`` use (the CLI sets it from its flags);
+    None: read TALOS_TLS_CA, TALOS_TLS_CERT/KEY and TALOS_TOKEN(_FILE) each time."""
+    global _default_security
+    _default_security = security
+
+
+def default_security() -> ClientSecurity:
+    return _default_security if _default_security is not None else ClientSecurity.from_env()
+
+
+def open_channel(address: str, security: ClientSecurity) -> grpc.Channel:
+    """A blocking-API channel: TLS (with the token on every call) or plaintext."""
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def open_aio_channel(address: str, security: ClientSecurity) -> grpc.aio.Channel:
+    """The asyncio-API twin of :func:`open_channel` (the produce streams)."""
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def call_error(exc: grpc.RpcError, address: str, security: ClientSecurity) -> TalosError:
+    """A failed call as a Talos error; a connection that failed over TLS (or plaintext
+    against TLS) becomes a TlsError that says so instead of a retriable Unavailable."""
+    error = from_grpc_error(exc, address)
+    if isinstance(error, Unavailable):
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return diagnose(address, security, details or "") or error
+    return error
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
@@ -50,9 +91,15 @@ def retry_policy(timeout: float) -> tenacity.Retrying:
 class Connections:
     """One channel and stub per broker address, shared by the client's parts."""
 
-    def __init__(self, bootstrap: str | Sequence[str], request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        request_timeout: float = 30.0,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
         self.request_timeout = request_timeout
+        self.security = security if security is not None else default_security()
         self._stubs: dict[str, pb_grpc.BrokerStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -63,7 +110,7 @@ class Connections:
             with self._lock:
                 stub = self._stubs.get(address)
                 if stub is None:
-                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    channel = open_channel(address, self.security)
                     self._channels[address] = channel
                     stub = pb_grpc.BrokerStub(channel)
                     self._stubs[address] = stub
@@ -75,7 +122,7 @@ class Connections:
         try:
             return rpc(request, timeout=timeout or self.request_timeout)
         except grpc.RpcError as exc:
-            raise from_grpc_error(exc, address) from None
+            raise call_error(exc, address, self.security) from None
 
     def call_any(
         self, method: str, request: Any, addresses: Sequence[str] = (), timeout: float | None = None

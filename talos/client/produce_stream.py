@@ -33,9 +33,9 @@ from talos.clock import Clock
 from talos.errors import TalosError, TalosTimeout, Unavailable
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.wire import from_grpc_error
+from talos.security.tls import ClientSecurity
 
-from .connection import CHANNEL_OPTIONS
+from .connection import call_error, default_security, open_aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,10 @@ class ProduceStream:
         on_answer: Answer,
         request_timeout: float,
         clock: Clock,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
+        self.security = security if security is not None else default_security()
         self.request_timeout = request_timeout
         self._io = io
         self._clock = clock
@@ -112,7 +114,7 @@ class ProduceStream:
     # ---- on the loop --------------------------------------------------------
 
     async def _open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = open_aio_channel(self.address, self.security)
         self._call = pb_grpc.BrokerStub(self._channel).ProduceStream()
         self._reader = asyncio.ensure_future(self._read())
 
@@ -141,7 +143,7 @@ class ProduceStream:
                     self._on_answer(entry[0], response)
             why = Unavailable(f"broker {self.address}: produce stream ended")
         except grpc.aio.AioRpcError as exc:
-            why = from_grpc_error(exc, self.address)
+            why = call_error(exc, self.address, self.security)
         except asyncio.CancelledError:
             why = Unavailable(f"broker {self.address}: produce stream cancelled")
         except Exception as exc:  # the channel was closed under us

@@ -40,6 +40,7 @@ from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchBuilder, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
+from talos.security.tls import ClientSecurity
 from talos.wire import raise_for
 
 from .connection import Connections, retry_policy
@@ -273,6 +274,7 @@ class Producer:
         max_in_flight_per_broker: int = 5,
         buffer_bytes: int = 32 * 1024 * 1024,
         clock: Clock = SYSTEM_CLOCK,
+        security: ClientSecurity | None = None,
     ) -> None:
         if not 0 <= linger_ms <= 60_000:
             raise InvalidArgument(f"linger_ms: must be between 0 and 60000, got {linger_ms}")
@@ -299,7 +301,9 @@ class Producer:
         self.max_in_flight = max_in_flight_per_broker
         self.clock = clock
         self._wall_ms = clock.wall_ms
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, security=security
+        )
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
         self._open: dict[tuple[str, int], _Batch] = {}
@@ -708,6 +712,7 @@ class Producer:
                 self._answered,
                 self.connections.request_timeout,
                 self.clock,
+                self.connections.security,
             )
         return stream
 
