@@ -85,6 +85,10 @@ READERS = ("store", "fetch")
 # ---- options -----------------------------------------------------------------------------
 
 
+#: How often a partition retries appends the target refused (no token, no ACL): slowly.
+REFUSED_RETRY_S = 2.0
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     read_bytes: int = 4 * 1024 * 1024  # per source read
@@ -535,6 +539,10 @@ class PartitionTask:
                     suspect_since = suspect_since if suspect_since is not None else now
                     if now - suspect_since >= options.suspect_after_s:
                         self._fail(f"the target keeps refusing appends: {decision.message}")
+                if decision.refused:
+                    self._fail(decision.message)
+                    self._stop.wait(REFUSED_RETRY_S)
+                    continue
                 log.debug("%s: retrying: %s", self._label, decision.message)
                 self._stop.wait(backoff.next())
             else:

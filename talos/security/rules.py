@@ -2,7 +2,9 @@
 
 Produce requests are checked per batch in the service instead (a stream carries
 many topics; each batch is refused on its own, as any other per-batch error).
-Metadata, ListTopics, InitProducer and LeaveGroup need authentication only.
+Metadata, ListTopics, ListOffsets, InitProducer, LeaveGroup and the group listings need
+authentication only: offsets are metadata (Metadata shows every log end to any
+authenticated caller), and a mirror worker asks the target's log end with mirror rights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ Wanted = list[tuple[Operation, str | None]]
 #: Methods checked per batch inside the service (see talos.security.interceptor.check).
 PER_BATCH = frozenset({"Produce", "ProduceStream"})
 AUTHENTICATED_ONLY = frozenset(
-    {"Metadata", "ListTopics", "InitProducer", "LeaveGroup", "ListGroups", "DescribeGroup"}
+    {
+        "Metadata",
+        "ListTopics",
+        "ListOffsets",
+        "InitProducer",
+        "LeaveGroup",
+        "ListGroups",
+        "DescribeGroup",
+    }
 )
 
 
@@ -27,8 +37,6 @@ def required(method: str, request: Any) -> Wanted:
         return []
     if method == "Fetch":
         return _each(Operation.CONSUME, (p.topic for p in request.partitions))
-    if method == "ListOffsets":
-        return [(Operation.CONSUME, request.topic)]
     if method == "MirrorAppend":
         return [(Operation.MIRROR, request.topic)]
     if method in ("CreateTopic", "AlterTopic", "DeleteTopic"):
