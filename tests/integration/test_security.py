@@ -166,7 +166,7 @@ def test_a_broker_certificate_from_an_untrusted_ca_is_refused(
     stranger = generate(tmp_path / "other-ca", ca_name="Someone else")
     with (
         Admin(secure.bootstrap, security=ClientSecurity(ca=stranger.ca, token="t")) as admin,
-        pytest.raises(TlsError, match="not trusted by .*other-ca/ca.pem"),
+        pytest.raises(TlsError, match=r"not trusted by .*other-ca/ca\.pem"),
     ):
         admin.list_topics()
 
@@ -327,8 +327,11 @@ def test_a_mirror_worker_without_mirror_rights_on_the_target_is_refused(
         )
         with open(tmp_path / "worker.log", "ab") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "talos", "mirror", "run", "--topology", str(topology)]
-                + ["--link", "A:B", "--worker-id", "w1", "--session-timeout", "4"],
+                [
+                    *(sys.executable, "-m", "talos", "mirror", "run"),
+                    *("--topology", str(topology), "--link", "A:B"),
+                    *("--worker-id", "w1", "--session-timeout", "4"),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

@@ -70,9 +70,9 @@ def test_server_tls_needs_both_files_and_refuses_non_pem(tmp_path: Path) -> None
     files = pki.generate(tmp_path)
     assert server_tls(files.server_cert, files.server_key, files.ca) is not None
     server_tls(files.server_cert, files.server_key).credentials()  # type: ignore[union-attr]
-    with pytest.raises(InvalidArgument, match="tls-cert: .* holds no PEM certificate"):
+    with pytest.raises(InvalidArgument, match=r"tls-cert: .* holds no PEM certificate"):
         server_tls(files.server_key, files.server_key).credentials()  # type: ignore[union-attr]
-    with pytest.raises(InvalidArgument, match="tls-key: .* not an unencrypted PEM private key"):
+    with pytest.raises(InvalidArgument, match=r"tls-key: .* not an unencrypted PEM private key"):
         server_tls(files.server_cert, files.ca).credentials()  # type: ignore[union-attr]
     with pytest.raises(InvalidArgument, match="tls-ca: cannot read"):
         ClientSecurity(ca=str(tmp_path / "missing.pem")).channel_credentials()
