@@ -601,10 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        from talos.client.connection import set_default_security
-        from talos.security.cli import client_security
+        from talos.security.cli import export_client_flags
 
-        set_default_security(client_security(args))
+        export_client_flags(args, os.environ)
         result: int = args.func(args)
         return result
     except (CliError, InvalidArgument) as exc:

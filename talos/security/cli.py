@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -23,7 +23,7 @@ from talos.errors import InvalidArgument
 
 from .acl import OPERATIONS, AclEntry, parse_operation
 from .store import SecurityStore
-from .tls import ENV_CA, ENV_CERT, ENV_KEY, ENV_TOKEN, ENV_TOKEN_FILE, ClientSecurity
+from .tls import ENV_CA, ENV_CERT, ENV_KEY, ENV_TOKEN, ENV_TOKEN_FILE
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -40,22 +40,24 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def client_security(args: argparse.Namespace) -> ClientSecurity | None:
-    """The flags over the environment; None when no flag was given (the environment rules)."""
-    flags = (args.tls_ca, args.tls_client_cert, args.tls_client_key, args.token, args.token_file)
-    if all(flag is None for flag in flags):
-        return None
-    env = os.environ
-    token, token_file = args.token, args.token_file
-    if token is None and token_file is None:
-        token, token_file = env.get(ENV_TOKEN, ""), env.get(ENV_TOKEN_FILE, "")
-    return ClientSecurity.from_settings(
-        ca=args.tls_ca if args.tls_ca is not None else env.get(ENV_CA, ""),
-        cert=args.tls_client_cert if args.tls_client_cert is not None else env.get(ENV_CERT, ""),
-        key=args.tls_client_key if args.tls_client_key is not None else env.get(ENV_KEY, ""),
-        token=token or "",
-        token_file=token_file or "",
-    )
+def export_client_flags(args: argparse.Namespace, environ: MutableMapping[str, str]) -> None:
+    """Given flags override the environment, for this command and every process it starts
+    (bench workers, brokers' tools): clients read their credentials from there."""
+    for flag, name in (
+        (args.tls_ca, ENV_CA),
+        (args.tls_client_cert, ENV_CERT),
+        (args.tls_client_key, ENV_KEY),
+    ):
+        if flag is not None:
+            environ[name] = flag
+    if args.token is not None and args.token_file is not None:
+        raise InvalidArgument("token: give --token or --token-file, not both")
+    if args.token is not None:
+        environ[ENV_TOKEN] = args.token
+        environ.pop(ENV_TOKEN_FILE, None)
+    if args.token_file is not None:
+        environ[ENV_TOKEN_FILE] = args.token_file
+        environ.pop(ENV_TOKEN, None)
 
 
 def _zookeeper_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

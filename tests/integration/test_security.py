@@ -25,7 +25,14 @@ from talos.security.acl import AclEntry, Operation
 from talos.security.dev import ClusterSecurity
 from talos.security.pki import generate
 from talos.security.store import SecurityStore
-from talos.security.tls import ClientSecurity
+from talos.security.tls import (
+    ENV_CA,
+    ENV_CERT,
+    ENV_KEY,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    ClientSecurity,
+)
 from talos.testing.cluster import LocalCluster
 from talos.testing.zookeeper import ZooKeeperServer
 
@@ -203,6 +210,9 @@ def test_token_and_acl_commands(
     secure: LocalCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert secure.security is not None
+    for name in (ENV_CA, ENV_CERT, ENV_KEY, ENV_TOKEN, ENV_TOKEN_FILE):
+        monkeypatch.setenv(name, "")  # main() exports the client flags; undone after the test
+        monkeypatch.delenv(name)
     zk = ["--zookeeper", secure.zookeeper.address, "--cluster", secure.cluster]
     code, out, err = run_cli(["token", "create", *zk, "--tenant", "cli", "--json"], capsys)
     assert code == 0, err

@@ -44,5 +44,5 @@ def test_a_missing_file_or_unknown_key_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match=r"dc\.B\.security\.tls_ca: no such file: "):
         load_topology(path)
     path.write_text(BASE + '\n[dc.B.security]\ntoken = "inline"\n')
-    with pytest.raises(TopologyError, match="unknown key 'token'.*did you mean 'token_file'"):
+    with pytest.raises(TopologyError, match=r"unknown key 'token'.*did you mean 'token_file'"):
         load_topology(path)
