@@ -60,7 +60,7 @@ def call_error(exc: grpc.RpcError, address: str, security: ClientSecurity) -> Ta
     against TLS) becomes a TlsError that says so instead of a retriable Unavailable."""
     error = from_grpc_error(exc, address)
     if isinstance(error, Unavailable):
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        details = exc.details() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else str(exc)
         return diagnose(address, security, details or "") or error
     return error
 
