@@ -40,7 +40,7 @@ def default_security() -> ClientSecurity:
 
 
 def open_channel(address: str, security: ClientSecurity) -> grpc.Channel:
-    """A blocking-API channel: TLS (with the token on every call) or plaintext."""
+    """A blocking-API channel: TLS or plaintext (the token travels as call metadata)."""
     credentials = security.channel_credentials()
     if credentials is None:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -100,6 +100,7 @@ class Connections:
         self.bootstrap = parse_bootstrap(bootstrap)
         self.request_timeout = request_timeout
         self.security = security if security is not None else default_security()
+        self._metadata = self.security.metadata()
         self._stubs: dict[str, pb_grpc.BrokerStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -120,7 +121,7 @@ class Connections:
         """One unary call; grpc failures become retriable Talos errors."""
         rpc: Callable[..., Any] = getattr(self.stub(address), method)
         try:
-            return rpc(request, timeout=timeout or self.request_timeout)
+            return rpc(request, timeout=timeout or self.request_timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise call_error(exc, address, self.security) from None
 

@@ -115,7 +115,9 @@ class ProduceStream:
 
     async def _open(self) -> None:
         self._channel = open_aio_channel(self.address, self.security)
-        self._call = pb_grpc.BrokerStub(self._channel).ProduceStream()
+        self._call = pb_grpc.BrokerStub(self._channel).ProduceStream(
+            metadata=self.security.metadata()
+        )
         self._reader = asyncio.ensure_future(self._read())
 
     def _write(self, request: pb.ProduceRequest) -> None:

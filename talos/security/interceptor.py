@@ -1,7 +1,7 @@
 """The broker's authentication interceptor, and how handlers learn who is calling.
 
-Every call must carry ``authorization: Bearer <token>`` (grpc's access-token call
-credentials send exactly that). The interceptor checks it against the watched token
+Every call must carry ``authorization: Bearer <token>`` (the clients send it as call
+metadata on TLS channels). The interceptor checks it against the watched token
 hashes, checks the call's ACLs (see rules.py), and runs the handler with the caller's
 :class:`Principal` in a context variable, read by :func:`principal_of` /
 :func:`tenant_of`. Failures end the call with UNAUTHENTICATED or PERMISSION_DENIED and

@@ -62,10 +62,14 @@ def test_handlers_read_the_callers_tenant(tmp_path: Path, zk_server: ZooKeeperSe
             got: list[bytes] = []
             try:
                 for token in (shop, billing):
-                    credentials = ClientSecurity(ca=pki.ca, token=token).channel_credentials()
+                    client = ClientSecurity(ca=pki.ca, token=token)
+                    credentials = client.channel_credentials()
                     async with grpc.aio.secure_channel(address, credentials) as channel:
-                        got.append(await channel.unary_unary("/t/Metadata")(b""))
-                        call = channel.stream_stream("/t/ProduceStream")(iter([b"", b""]))
+                        metadata = client.metadata()
+                        got.append(await channel.unary_unary("/t/Metadata")(b"", metadata=metadata))
+                        call = channel.stream_stream("/t/ProduceStream")(
+                            iter([b"", b""]), metadata=metadata
+                        )
                         got.extend([answer async for answer in call])
                 anonymous = ClientSecurity(ca=pki.ca).channel_credentials()
                 async with grpc.aio.secure_channel(address, anonymous) as channel:
