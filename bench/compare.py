@@ -33,7 +33,8 @@ from talos.bench.stats import Summary, format_summary, format_table, summarize
 from talos.testing.cluster import LocalCluster
 from talos.testing.kafka import KafkaServer, jars_dir, kafka_available
 
-from .kafka_rows import CLIENTS, KafkaRuns, kafka_table
+from .best import Best, best_of, best_peer, ratio, run_key, single
+from .kafka_rows import CLIENTS, KafkaRuns
 from .peer_load import (
     PeerSpec,
     ensure_nats_stream,
@@ -89,8 +90,8 @@ class Bench:
             mode=overrides.pop("mode", "produce"),
             bootstrap=where.bootstrap,
             duration=overrides.pop("duration", self.args.duration),
-            producers=overrides.pop("producers", self.args.producers),
-            consumers=overrides.pop("consumers", self.args.producers),
+            producers=overrides.pop("producers", 1),
+            consumers=overrides.pop("consumers", 1),
             partitions=PARTITIONS,
             name=key,
             progress=not self.args.no_progress,
@@ -129,9 +130,9 @@ class Bench:
         return summary
 
     def peer_produce_specs(
-        self, url: str, stream: str, size: int, rate: float = 0.0, producers: int | None = None
+        self, url: str, stream: str, size: int, producers: int, rate: float = 0.0
     ) -> list[PeerSpec]:
-        n = producers or self.args.producers
+        n = producers
         return [
             PeerSpec(
                 url=url,
@@ -147,8 +148,10 @@ class Bench:
             for i in range(n)
         ]
 
-    def peer_consume_specs(self, url: str, stream: str, size: int) -> list[PeerSpec]:
-        n = min(self.args.producers, PARTITIONS)
+    def peer_consume_specs(
+        self, url: str, stream: str, size: int, consumers: int
+    ) -> list[PeerSpec]:
+        n = min(consumers, PARTITIONS)
         return [
             PeerSpec(
                 url=url,
@@ -166,6 +169,7 @@ class Bench:
 
 def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     bench = Bench(args, workdir)
+    counts: tuple[int, ...] = args.processes
     with ExitStack() as stack:
         cluster = LocalCluster(brokers=1, data_dir=str(workdir / "talos-1"))
         stack.callback(cluster.stop)
@@ -184,69 +188,58 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             kafka_server.start()
             kafka = KafkaRuns(bench, kafka_server, PARTITIONS)
 
-        # 1. Batched produce throughput, 100 B and 1 KB.
+        # 1. Batched produce throughput, 100 B and 1 KB, every system at each process count.
         topics: dict[str, str] = {}
         for size, tag in ((100, "100B"), (1024, "1KB")):
-            for durability in ("flush", "sync"):
-                key = f"produce {tag} talos-{durability}"
-                summary = bench.talos(key, one, size=size, durability=durability)
-                topics[key] = str(summary.extra["topic"])
+            row = f"produce {tag}"
             if peers:
-                stream = f"p{tag}"
-                asyncio.run(ensure_nats_stream(nats.url, stream, PARTITIONS))
-                bench.peer(
-                    f"produce {tag} nats",
-                    nats_produce,
-                    bench.peer_produce_specs(nats.url, stream, size),
-                    [nats.pid],
-                )
-                bench.peer(
-                    f"produce {tag} redis",
-                    redis_produce,
-                    bench.peer_produce_specs(redis.url, stream, size),
-                    [redis.pid],
-                )
-                kafka.produce(size, tag)
+                asyncio.run(ensure_nats_stream(nats.url, f"p{tag}", PARTITIONS))
+            for n in counts:
+                for durability in ("flush", "sync"):
+                    key = run_key(row, f"talos-{durability}", n)
+                    summary = bench.talos(key, one, size=size, durability=durability, producers=n)
+                    topics[key] = str(summary.extra["topic"])
+                if not peers:
+                    continue
+                for name, fn, server in (
+                    ("nats", nats_produce, nats),
+                    ("redis", redis_produce, redis),
+                ):
+                    bench.peer(
+                        run_key(row, name, n),
+                        fn,
+                        bench.peer_produce_specs(server.url, f"p{tag}", size, producers=n),
+                        [server.pid],
+                    )
+                kafka.produce(size, tag, n)
 
-        # 1b. The same 100 B produce load from one client process.
-        bench.talos(
-            "produce 100B talos-flush 1 producer", one, size=100, durability="flush", producers=1
-        )
-        if peers:
-            for name, fn, server in (("nats", nats_produce, nats), ("redis", redis_produce, redis)):
+        # 2. Consume throughput: read back what the largest 100 B produce run wrote.
+        source = run_key("produce 100B", "talos-flush", max(counts))
+        for n in counts:
+            bench.talos(
+                run_key("consume 100B", "talos", n),
+                one,
+                mode="consume",
+                size=100,
+                topic=topics[source],
+                preload=False,
+                messages=0,
+                duration=0.0,
+                consumers=n,
+            )
+            if not peers:
+                continue
+            for name, fn, server in (
+                ("nats", nats_consume, nats),
+                ("redis", redis_consume, redis),
+            ):
                 bench.peer(
-                    f"produce 100B {name} 1 producer",
+                    run_key("consume 100B", name, n),
                     fn,
-                    bench.peer_produce_specs(server.url, "p100B", 100, producers=1),
+                    bench.peer_consume_specs(server.url, "p100B", 100, consumers=n),
                     [server.pid],
                 )
-            kafka.produce(100, "100B", producers=1)
-
-        # 2. Consume throughput: read back what the 100 B runs wrote, from the start.
-        bench.talos(
-            "consume 100B talos",
-            one,
-            mode="consume",
-            size=100,
-            topic=topics["produce 100B talos-flush"],
-            preload=False,
-            messages=0,
-            duration=0.0,
-        )
-        if peers:
-            bench.peer(
-                "consume 100B nats",
-                nats_consume,
-                bench.peer_consume_specs(nats.url, "p100B", 100),
-                [nats.pid],
-            )
-            bench.peer(
-                "consume 100B redis",
-                redis_consume,
-                bench.peer_consume_specs(redis.url, "p100B", 100),
-                [redis.pid],
-            )
-            kafka.consume()
+            kafka.consume(n, max(counts))
 
         # 3. Produce latency at a fixed offered rate, one producer, one request at a time.
         rate = float(args.rate)
@@ -266,14 +259,14 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             bench.peer(
                 f"latency {args.rate}/s nats",
                 nats_produce,
-                bench.peer_produce_specs(nats.url, "lat", 100, rate=rate, producers=1),
+                bench.peer_produce_specs(nats.url, "lat", 100, producers=1, rate=rate),
                 [nats.pid],
                 cdf=True,
             )
             bench.peer(
                 f"latency {args.rate}/s redis",
                 redis_produce,
-                bench.peer_produce_specs(redis.url, "lat", 100, rate=rate, producers=1),
+                bench.peer_produce_specs(redis.url, "lat", 100, producers=1, rate=rate),
                 [redis.pid],
                 cdf=True,
             )
@@ -286,6 +279,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             size=100,
             rate=100_000.0,
             duration=args.latency_duration,
+            producers=max(counts),
         )
 
     # 5. One broker process against two (a new cluster, the same load).
@@ -294,26 +288,129 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stack.callback(two.stop)
         two.start()
         where = Target(two.bootstrap, [b.pid for b in two.brokers])
-        bench.talos("produce 100B talos-flush 2 brokers", where, size=100, durability="flush")
+        n = max(counts)
         bench.talos(
-            "produce 100B talos-flush 2 brokers 4 producers",
+            f"produce 100B talos-flush 2 brokers p{n}",
             where,
             size=100,
             durability="flush",
-            producers=4,
+            producers=n,
+        )
+        bench.talos(
+            f"produce 100B talos-flush 2 brokers p{2 * n}",
+            where,
+            size=100,
+            durability="flush",
+            producers=2 * n,
         )
 
     return {
         "machine": machine(),
         "settings": {
-            "producers": args.producers,
+            "processes": list(counts),
             "duration_s": args.duration,
             "partitions": PARTITIONS,
             "latency_rate": args.rate,
             "latency_duration_s": args.latency_duration,
+            "run_length": run_length(args),
         },
         "results": {k: v.to_dict() for k, v in bench.results.items()},
     }
+
+
+def run_length(args: argparse.Namespace) -> str:
+    """What every figure of one `make bench` run was measured over, for the table and the chart."""
+    counts = "/".join(str(n) for n in args.processes)
+    return (
+        f"throughput runs {args.duration:g} s each at {counts} client processes per system "
+        f"(best count shown); consume reads a whole topic; latency runs "
+        f"{args.latency_duration:g} s at {args.rate:,} msg/s, 1 producer"
+    )
+
+
+#: result-key system -> column label, in table order.
+SYSTEMS = {
+    "talos-flush": "talos flush",
+    "talos-sync": "talos sync",
+    "nats": "NATS JS",
+    "redis": "Redis",
+    **{key: label.replace("Kafka (", "Kafka ").rstrip(")") for key, label in CLIENTS.items()},
+}
+PEER_KEYS = ("nats", "redis", *CLIENTS)
+
+
+def _system(row: str, key: str) -> str:
+    """Consume runs are Talos's without a durability (it reads what flush wrote)."""
+    return "talos" if row.startswith("consume") and key == "talos-flush" else key
+
+
+def _cell(best: Best) -> str:
+    """A figure with the process count it was best at, e.g. ``226,028 (2p)``."""
+    if not best.measured:
+        return "-"
+    number = f"{best.value:,.0f}" if best.value >= 100 else f"{best.value:.2f}"
+    return f"{number} ({best.processes}p)"
+
+
+def table(data: dict[str, Any]) -> str:
+    results = data["results"]
+    counts = data["settings"]["processes"]
+    rate = data["settings"]["latency_rate"]
+    throughput = [
+        ("produce 100B msg/s", "produce 100B", "msgs_per_s"),
+        ("produce 1KB msg/s", "produce 1KB", "msgs_per_s"),
+        ("produce 1KB MB/s", "produce 1KB", "mb_per_s"),
+        ("consume 100B msg/s", "consume 100B", "msgs_per_s"),
+    ]
+    rows: list[list[object]] = []
+    for label, row, field in throughput:
+        systems = {
+            key: best_of(
+                results,
+                row,
+                "talos" if row.startswith("consume") and key == "talos-flush" else key,
+                counts,
+                field,
+            )
+            for key in SYSTEMS
+        }
+        name, peer = best_peer({SYSTEMS[k]: systems[k] for k in PEER_KEYS})
+        talos = systems["talos-flush"]
+        rows.append(
+            [label, *(_cell(b) for b in systems.values()), name, ratio(talos.value, peer.value)]
+        )
+    for label, field in ((f"p99 ms @{rate}/s", "p99_ms"), (f"p50 ms @{rate}/s", "p50_ms")):
+        systems = {key: single(results, f"latency {rate}/s {key}", field) for key in SYSTEMS}
+        name, peer = best_peer({SYSTEMS[k]: systems[k] for k in PEER_KEYS}, lower_is_better=True)
+        rows.append(
+            [
+                label,
+                *(b.value if b.measured else None for b in systems.values()),
+                name,
+                ratio(systems["talos-flush"].value, peer.value),
+            ]
+        )
+    headers = ["metric", *SYSTEMS.values(), "best peer", "x best peer"]
+    out = [data["settings"]["run_length"], "", format_table(headers, rows)]
+    out.append(
+        "(Np: the client process count of a system's best run. x best peer: Talos flush over "
+        "the best peer; for latency rows above 1 means Talos is slower.)"
+    )
+    n = max(counts)
+    one = best_of(results, "produce 100B", "talos-flush", counts)
+    two = _get(data, f"produce 100B talos-flush 2 brokers p{n}")
+    two_more = _get(data, f"produce 100B talos-flush 2 brokers p{2 * n}")
+    rss = _get(data, "rss at 100K msg/s talos-flush", "msgs_per_s")
+    rss_mb = (
+        results.get("rss at 100K msg/s talos-flush", {}).get("extra", {}).get("broker_rss_mb_peak")
+    )
+    out.append("")
+    out.append(
+        f"talos produce 100B flush: 1 broker {_cell(one)} msg/s; 2 brokers {two:,.0f} msg/s "
+        f"with {n} producers; 2 brokers, {2 * n} producers {two_more:,.0f} msg/s"
+    )
+    out.append(f"talos broker RSS peak at {rss:,.0f} msg/s offered 100K: {rss_mb} MB")
+    return "\n".join(out)
 
 
 def _get(data: dict[str, Any], key: str, field: str = "msgs_per_s") -> float:
@@ -321,62 +418,6 @@ def _get(data: dict[str, Any], key: str, field: str = "msgs_per_s") -> float:
     if entry is None or entry.get(field) is None:
         return math.nan
     return float(entry[field])
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-def table(data: dict[str, Any]) -> str:
-    rows: list[list[object]] = []
-    rate = data["settings"]["latency_rate"]
-    lines = [
-        ("produce 100B msg/s", "produce 100B", "msgs_per_s"),
-        ("produce 1KB msg/s", "produce 1KB", "msgs_per_s"),
-        ("produce 1KB MB/s", "produce 1KB", "mb_per_s"),
-        (f"p99 ms @{rate}/s", f"latency {rate}/s", "p99_ms"),
-        (f"p50 ms @{rate}/s", f"latency {rate}/s", "p50_ms"),
-    ]
-    for label, prefix, field in lines:
-        flush = _get(data, f"{prefix} talos-flush", field)
-        sync = _get(data, f"{prefix} talos-sync", field)
-        nats = _get(data, f"{prefix} nats", field)
-        redis = _get(data, f"{prefix} redis", field)
-        rows.append([label, flush, sync, nats, redis, _ratio(flush, nats), _ratio(flush, redis)])
-    consume = _get(data, "consume 100B talos")
-    nats = _get(data, "consume 100B nats")
-    redis = _get(data, "consume 100B redis")
-    rows.append(
-        [
-            "consume 100B msg/s",
-            consume,
-            None,
-            nats,
-            redis,
-            _ratio(consume, nats),
-            _ratio(consume, redis),
-        ]
-    )
-    headers = ["metric", "talos flush", "talos sync", "NATS JS", "Redis", "x NATS", "x Redis"]
-    out = [format_table(headers, rows)]
-    one = _get(data, "produce 100B talos-flush")
-    two = _get(data, "produce 100B talos-flush 2 brokers")
-    two4 = _get(data, "produce 100B talos-flush 2 brokers 4 producers")
-    rss = _get(data, "rss at 100K msg/s talos-flush", "msgs_per_s")
-    rss_mb = (
-        data["results"]
-        .get("rss at 100K msg/s talos-flush", {})
-        .get("extra", {})
-        .get("broker_rss_mb_peak")
-    )
-    out.append("")
-    out.append(
-        f"talos produce 100B flush: 1 broker {one:,.0f} msg/s; 2 brokers {two:,.0f} msg/s "
-        f"(x{_ratio(two, one):.2f}); 2 brokers, 4 producers {two4:,.0f} msg/s"
-    )
-    out.append(f"talos broker RSS peak at {rss:,.0f} msg/s offered 100K: {rss_mb} MB")
-    out += ["", kafka_table(data)]
-    return "\n".join(out)
 
 
 def chart(data: dict[str, Any], path: Path) -> None:
@@ -397,20 +438,26 @@ def chart(data: dict[str, Any], path: Path) -> None:
         ("produce 1KB", "produce 1 KB"),
         ("consume 100B", "consume 100 B"),
     ]
+    counts = data["settings"]["processes"]
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.8 / len(systems)
     for i, (sys_key, sys_label) in enumerate(systems):
         values = []
         for prefix, _ in groups:
-            key = f"{prefix} {sys_key}"
+            system = sys_key
             if prefix.startswith("consume") and sys_key.startswith("talos"):
-                key = "consume 100B talos" if sys_key == "talos-flush" else ""
-            values.append(_get(data, key) / 1000 if key else 0.0)
+                system = "talos" if sys_key == "talos-flush" else ""
+            best = best_of(data["results"], prefix, system, counts) if system else None
+            values.append(best.value / 1000 if best and best.measured else 0.0)
         xs = [g + (i - (len(systems) - 1) / 2) * width for g in range(len(groups))]
-        bars.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=sys_label)
+        bars.bar(xs, values, width, label=sys_label)
     bars.set_xticks(range(len(groups)), [label for _, label in groups])
     bars.set_ylabel("thousand messages/s")
-    bars.set_title(f"Throughput ({data['settings']['producers']} client processes, 2 cores)")
+    bars.set_title(
+        f"Throughput, best of {'/'.join(map(str, counts))} client processes, "
+        f"{data['settings']['duration_s']:g} s runs, 2 cores",
+        fontsize=10,
+    )
     bars.legend()
     rate = data["settings"]["latency_rate"]
     for sys_key, sys_label in systems:
@@ -424,14 +471,32 @@ def chart(data: dict[str, Any], path: Path) -> None:
     cdf.set_title(f"Latency CDF at {rate:,} msg/s offered, 100 B, one producer")
     cdf.grid(True, which="both", alpha=0.3)
     cdf.legend()
+    fig.suptitle(data["settings"]["run_length"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def process_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        counts = ()
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"--processes: expected positive integers separated by commas, got {text!r}"
+        )
+    return counts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.compare", description=__doc__)
-    parser.add_argument("--producers", type=int, default=2, help="client processes per run")
+    parser.add_argument(
+        "--processes",
+        type=process_counts,
+        default=(1, 2),
+        help="client process counts every system runs with, comma-separated (default 1,2)",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
     parser.add_argument("--rate", type=int, default=5000, help="offered msg/s for latency")
     parser.add_argument("--latency-duration", type=float, default=10.0)

@@ -17,10 +17,18 @@ import time
 from typing import Any
 
 from talos import aio
-from talos.bench.pacing import Pacer, payload
+from talos.bench.pacing import payload
 from talos.bench.pool import Tally, WorkResult
 
-from .peer_load import RUN, PeerSpec, future_timer, limits
+from .peer_load import (
+    RUN,
+    PeerSpec,
+    Schedule,
+    asleep_until,
+    future_timer,
+    sleep_until,
+    work_result,
+)
 
 ACKS = "all"
 
@@ -41,17 +49,6 @@ def ensure_kafka_topic(bootstrap: str, topic: str, partitions: int) -> None:
         time.sleep(0.1)
 
 
-def _result(
-    started: float, sent: int, size: int, latencies: list[float], errors: int
-) -> WorkResult:
-    result = WorkResult(started=started, finished=time.time())
-    result.messages = sent
-    result.bytes = sent * size
-    result.latencies_ms = latencies
-    result.errors = errors
-    return result
-
-
 # ---- confluent-kafka (librdkafka) ------------------------------------------------------------
 
 
@@ -69,10 +66,7 @@ def confluent_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
     latencies: list[float] = []
     failed: list[Any] = []
     perf = time.perf_counter
-    started = time.time()
-    start = perf()
-    count, end = limits(spec, start)
-    sent = 0
+    schedule = Schedule(spec, tally)
 
     def timed(t: float) -> Any:
         def done(err: Any, _msg: Any) -> None:
@@ -84,30 +78,20 @@ def confluent_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
         return done
 
     if paced:
-        pacer = Pacer(spec.rate, start)
-        while sent < count:
-            pacer.wait(sent)
-            partition = spec.partitions[(sent // RUN) % len(spec.partitions)]
+        for partition, due in schedule.paced():
+            sleep_until(due)
             before = len(latencies) + len(failed)
             producer.produce(spec.stream, body, partition=partition, on_delivery=timed(perf()))
             # poll() returns as soon as it served the delivery report (flush() sleeps longer).
             while len(latencies) + len(failed) == before:
                 producer.poll(1.0)
-            sent += 1
-            if sent % RUN == 0:
-                tally.add(RUN)
-                if perf() >= end:
-                    break
-        tally.add(sent % RUN)
     else:
         every = max(spec.sample_every, 1)
-        while sent < count:
-            partition = spec.partitions[(sent // RUN) % len(spec.partitions)]
-            chunk = min(RUN, count - sent)
+        for partition, chunk in schedule.runs():
             i = 0
             while i < chunk:
                 try:
-                    if (sent + i) % every:
+                    if (schedule.sent + i) % every:
                         producer.produce(spec.stream, body, partition=partition)
                     else:
                         producer.produce(
@@ -117,14 +101,10 @@ def confluent_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
                 except BufferError:  # librdkafka's queue is full: serve callbacks, retry
                     producer.poll(0.01)
             producer.poll(0)
-            sent += chunk
-            tally.add(chunk)
-            if perf() >= end:
-                break
     left = producer.flush(spec.timeout)
     if left:
         raise KafkaException(f"{left} messages not acknowledged after {spec.timeout} s")
-    return _result(started, sent, spec.size, latencies, len(failed))
+    return schedule.result(latencies, len(failed))
 
 
 def _watermarks(consumer: Any, topic: str, partitions: tuple[int, ...]) -> dict[int, int]:
@@ -165,7 +145,7 @@ def confluent_consume(spec: PeerSpec, tally: Tally) -> WorkResult:
             errors += len(msgs) - good
             count += good
             tally.add(good)
-        return _result(started, count, spec.size, [], errors + max(expected - count, 0))
+        return work_result(started, count, spec.size, [], errors + max(expected - count, 0))
     finally:
         consumer.close()
 
@@ -190,48 +170,29 @@ async def _aiokafka_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
         latencies: list[float] = []
         failed = 0
         perf = time.perf_counter
-        started = time.time()
-        start = perf()
-        count, end = limits(spec, start)
-        sent = 0
+        schedule = Schedule(spec, tally)
         if paced:
-            pacer = Pacer(spec.rate, start)
-            while sent < count:
-                left = pacer.due(sent) - perf()
-                if left > 0:
-                    await asyncio.sleep(left)
-                partition = spec.partitions[(sent // RUN) % len(spec.partitions)]
+            for partition, due in schedule.paced():
+                await asleep_until(due)
                 t = perf()
                 await producer.send_and_wait(spec.stream, body, partition=partition)
                 latencies.append((perf() - t) * 1000)
-                sent += 1
-                if sent % RUN == 0:
-                    tally.add(RUN)
-                    if perf() >= end:
-                        break
-            tally.add(sent % RUN)
         else:
             every = max(spec.sample_every, 1)
             pending: list[asyncio.Future[Any]] = []
-            while sent < count:
-                partition = spec.partitions[(sent // RUN) % len(spec.partitions)]
-                chunk = min(RUN, count - sent)
+            for partition, chunk in schedule.runs():
                 for i in range(chunk):
                     # send() waits while the accumulator is full: that is the back-pressure.
                     future = await producer.send(spec.stream, body, partition=partition)
-                    if (sent + i) % every == 0:
+                    if (schedule.sent + i) % every == 0:
                         future.add_done_callback(future_timer(latencies, perf()))
                     pending.append(future)
-                sent += chunk
-                tally.add(chunk)
                 if len(pending) > 50 * RUN:
                     failed += await _settle(pending[: 25 * RUN])
                     del pending[: 25 * RUN]
-                if perf() >= end:
-                    break
             await producer.flush()
             failed += await _settle(pending)
-        return _result(started, sent, spec.size, latencies, failed)
+        return schedule.result(latencies, failed)
     finally:
         await producer.stop()
 
@@ -274,6 +235,6 @@ async def _aiokafka_consume(spec: PeerSpec, tally: Tally) -> WorkResult:
             got = sum(len(msgs) for msgs in batches.values())
             count += got
             tally.add(got)
-        return _result(started, count, spec.size, [], max(expected - count, 0))
+        return work_result(started, count, spec.size, [], max(expected - count, 0))
     finally:
         await consumer.stop()

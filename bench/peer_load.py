@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,76 @@ def limits(spec: PeerSpec, start: float) -> tuple[int, float]:
     if spec.messages:
         return spec.messages, math.inf
     return 2**62, start + spec.duration
+
+
+class Schedule:
+    """The load shape every peer's produce loop follows, so only the client calls differ.
+
+    Messages go in runs of RUN to one partition, then the next; the run stops at
+    ``spec.messages`` or after ``spec.duration``, checked once per run; the pool's
+    tally hears of every finished run. Create it after the start signal.
+    """
+
+    def __init__(self, spec: PeerSpec, tally: Tally) -> None:
+        self.spec = spec
+        self.tally = tally
+        self.started = time.time()
+        self.start = time.perf_counter()
+        self.count, self.end = limits(spec, self.start)
+        self.sent = 0
+
+    def runs(self) -> Iterator[tuple[int, int]]:
+        """Flat out: (partition, messages) per run; the caller sends them all."""
+        partitions = self.spec.partitions
+        while self.sent < self.count:
+            chunk = min(RUN, self.count - self.sent)
+            yield partitions[(self.sent // RUN) % len(partitions)], chunk
+            self.sent += chunk
+            self.tally.add(chunk)
+            if time.perf_counter() >= self.end:
+                return
+
+    def paced(self) -> Iterator[tuple[int, float]]:
+        """At ``spec.rate``: (partition, perf_counter time it is due) per message."""
+        partitions = self.spec.partitions
+        pacer = Pacer(self.spec.rate, self.start)
+        try:
+            while self.sent < self.count:
+                yield partitions[(self.sent // RUN) % len(partitions)], pacer.due(self.sent)
+                self.sent += 1
+                if self.sent % RUN == 0:
+                    self.tally.add(RUN)
+                    if time.perf_counter() >= self.end:
+                        return
+        finally:
+            self.tally.add(self.sent % RUN)
+
+    def result(self, latencies: list[float], errors: int = 0) -> WorkResult:
+        return work_result(self.started, self.sent, self.spec.size, latencies, errors)
+
+
+def work_result(
+    started: float, messages: int, size: int, latencies: list[float], errors: int
+) -> WorkResult:
+    """What one worker did, ending now."""
+    result = WorkResult(started=started, finished=time.time())
+    result.messages = messages
+    result.bytes = messages * size
+    result.latencies_ms = latencies
+    result.errors = errors
+    return result
+
+
+def sleep_until(due: float) -> None:
+    left = due - time.perf_counter()
+    if left > 0:
+        time.sleep(left)
+
+
+async def asleep_until(due: float) -> None:
+    left = due - time.perf_counter()
+    if left > 0:
+        await asyncio.sleep(left)
 
 
 # ---- NATS JetStream ---------------------------------------------------------
@@ -74,52 +145,30 @@ async def _nats_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
     try:
         js = nc.jetstream()
         body = payload(spec.size, spec.seed)
-        subjects = [f"{spec.stream}.{p}" for p in spec.partitions]
-        await js.publish(subjects[0], body)  # warm up
+        await js.publish(f"{spec.stream}.{spec.partitions[0]}", body)  # warm up
         tally.ready_and_wait()
         latencies: list[float] = []
-        result = WorkResult(started=time.time())
-        start = time.perf_counter()
-        count, end = limits(spec, start)
-        sent = 0
         perf = time.perf_counter
+        schedule = Schedule(spec, tally)
         if spec.rate > 0:
-            pacer = Pacer(spec.rate, start)
-            while sent < count:
-                left = pacer.due(sent) - perf()
-                if left > 0:
-                    await asyncio.sleep(left)
+            for partition, due in schedule.paced():
+                await asleep_until(due)
                 t = perf()
-                await js.publish(subjects[(sent // RUN) % len(subjects)], body)
+                await js.publish(f"{spec.stream}.{partition}", body)
                 latencies.append((perf() - t) * 1000)
-                sent += 1
-                if sent % RUN == 0:
-                    tally.add(RUN)
-                    if perf() >= end:
-                        break
         else:
             every = max(spec.sample_every, 1)
-            while sent < count:
-                subject = subjects[(sent // RUN) % len(subjects)]
-                for i in range(min(RUN, count - sent)):
-                    if (sent + i) % every:
+            for partition, chunk in schedule.runs():
+                subject = f"{spec.stream}.{partition}"
+                for i in range(chunk):
+                    if (schedule.sent + i) % every:
                         await js.publish_async(subject, body)
                     else:
                         t = perf()
                         future = await js.publish_async(subject, body)
                         future.add_done_callback(future_timer(latencies, t))
-                chunk = min(RUN, count - sent)
-                sent += chunk
-                tally.add(chunk)
-                if perf() >= end:
-                    break
             await js.publish_async_completed()
-        result.finished = time.time()
-        tally.add(sent % RUN if spec.rate > 0 else 0)
-        result.messages = sent
-        result.bytes = sent * spec.size
-        result.latencies_ms = latencies
-        return result
+        return schedule.result(latencies)
     finally:
         await nc.close()
 
@@ -195,52 +244,29 @@ def redis_produce(spec: PeerSpec, tally: Tally) -> WorkResult:
     client = redis.Redis.from_url(spec.url)
     try:
         body = payload(spec.size, spec.seed)
-        keys = [f"{spec.stream}:{p}" for p in spec.partitions]
-        client.xadd(keys[0], {"v": body})  # warm up
+        client.xadd(f"{spec.stream}:{spec.partitions[0]}", {"v": body})  # warm up
         tally.ready_and_wait()
         latencies: list[float] = []
-        result = WorkResult(started=time.time())
         perf = time.perf_counter
-        start = perf()
-        count, end = limits(spec, start)
-        sent = 0
+        schedule = Schedule(spec, tally)
         if spec.rate > 0:
-            pacer = Pacer(spec.rate, start)
-            while sent < count:
-                pacer.wait(sent)
+            for partition, due in schedule.paced():
+                sleep_until(due)
                 t = perf()
-                client.xadd(keys[(sent // RUN) % len(keys)], {"v": body})
+                client.xadd(f"{spec.stream}:{partition}", {"v": body})
                 latencies.append((perf() - t) * 1000)
-                sent += 1
-                if sent % RUN == 0:
-                    tally.add(RUN)
-                    if perf() >= end:
-                        break
-            tally.add(sent % RUN)
         else:
             # Pipelined XADD in groups of RUN; a pipeline's latency is timed whole.
             every_pipeline = max(1, spec.sample_every // RUN)
-            pipelines = 0
-            while sent < count:
-                chunk = min(RUN, count - sent)
-                key = keys[(sent // RUN) % len(keys)]
+            for pipelines, (partition, chunk) in enumerate(schedule.runs()):
                 pipe = client.pipeline(transaction=False)
                 for _ in range(chunk):
-                    pipe.xadd(key, {"v": body})
+                    pipe.xadd(f"{spec.stream}:{partition}", {"v": body})
                 t = perf()
                 pipe.execute()
                 if pipelines % every_pipeline == 0:
                     latencies.append((perf() - t) * 1000)
-                pipelines += 1
-                sent += chunk
-                tally.add(chunk)
-                if perf() >= end:
-                    break
-        result.finished = time.time()
-        result.messages = sent
-        result.bytes = sent * spec.size
-        result.latencies_ms = latencies
-        return result
+        return schedule.result(latencies)
     finally:
         client.close()
 

@@ -6,15 +6,13 @@ free port; :meth:`stop` ends the whole group, so nothing outlives the run.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from talos.testing.process import stop_process_group
 from talos.testing.zookeeper import free_port
 
 
@@ -72,16 +70,7 @@ class Server:
         return self.proc.pid if self.proc else -1
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(self.proc, timeout=10)
 
 
 class NatsServer(Server):

@@ -58,17 +58,34 @@ def cmd_failback(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_failover_parsers(mirror_sub: Any) -> None:
-    """Register ``promote`` and ``failback`` under the ``talos mirror`` group."""
-    promote = mirror_sub.add_parser(
-        "promote",
-        help="stop a link, make its target topics writable, report the recovery point",
+def _link_command(mirror_sub: Any, name: str, help: str, link_help: str) -> Any:
+    """A ``talos mirror`` command on one link of a topology; every one can dry-run and --json."""
+    parser = mirror_sub.add_parser(name, help=help)
+    parser.add_argument("--topology", required=True, help="topology file (TOML)")
+    parser.add_argument("--link", required=True, help=link_help)
+    parser.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _call_timeout(parser: Any) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float("timeout"),
+        default=10.0,
+        help="seconds per call to either DC (default 10)",
     )
-    promote.add_argument("--topology", required=True, help="topology file (TOML)")
-    promote.add_argument("--link", required=True, help="the link to promote, SOURCE:TARGET")
+
+
+def add_failover_parsers(mirror_sub: Any) -> None:
+    """Register ``promote``, ``failback`` and ``resync`` under the ``talos mirror`` group."""
+    promote = _link_command(
+        mirror_sub,
+        "promote",
+        "stop a link, make its target topics writable, report the recovery point",
+        "the link to promote, SOURCE:TARGET",
+    )
     promote.add_argument("--topics", default=None, help="only the mirror topics matching this glob")
-    promote.add_argument("--dry-run", action="store_true", help="report only; change nothing")
-    promote.add_argument("--json", action="store_true", help="print the report as JSON")
     promote.add_argument(
         "--source-timeout",
         type=_positive_float("source-timeout"),
@@ -77,25 +94,18 @@ def add_failover_parsers(mirror_sub: Any) -> None:
     )
     promote.set_defaults(func=cmd_promote)
 
-    failback = mirror_sub.add_parser(
+    failback = _link_command(
+        mirror_sub,
         "failback",
-        help="after a promote: archive the old primary's divergence, truncate it, reverse",
+        "after a promote: archive the old primary's divergence, truncate it, reverse",
+        "the promoted link, SOURCE:TARGET",
     )
-    failback.add_argument("--topology", required=True, help="topology file (TOML)")
-    failback.add_argument("--link", required=True, help="the promoted link, SOURCE:TARGET")
-    failback.add_argument("--dry-run", action="store_true", help="report only; change nothing")
-    failback.add_argument("--json", action="store_true", help="print the report as JSON")
     failback.add_argument(
         "--start-reverse",
         action="store_true",
         help="start a worker of the reverse link TARGET:SOURCE (else print the command)",
     )
-    failback.add_argument(
-        "--timeout",
-        type=_positive_float("timeout"),
-        default=10.0,
-        help="seconds per call to either DC (default 10)",
-    )
+    _call_timeout(failback)
     failback.set_defaults(func=cmd_failback)
     add_resync_parser(mirror_sub)
 
@@ -118,19 +128,12 @@ def cmd_resync(args: argparse.Namespace) -> int:
 
 
 def add_resync_parser(mirror_sub: Any) -> None:
-    resync = mirror_sub.add_parser(
+    resync = _link_command(
+        mirror_sub,
         "resync",
-        help="archive a diverged mirror copy and copy the source again from its log start",
+        "archive a diverged mirror copy and copy the source again from its log start",
+        "the link, SOURCE:TARGET",
     )
-    resync.add_argument("--topology", required=True, help="topology file (TOML)")
-    resync.add_argument("--link", required=True, help="the link, SOURCE:TARGET")
     resync.add_argument("--topic", required=True, help="the SOURCE topic whose copy to replace")
-    resync.add_argument("--dry-run", action="store_true", help="report only; change nothing")
-    resync.add_argument("--json", action="store_true", help="print the report as JSON")
-    resync.add_argument(
-        "--timeout",
-        type=_positive_float("timeout"),
-        default=10.0,
-        help="seconds per call to either DC (default 10)",
-    )
+    _call_timeout(resync)
     resync.set_defaults(func=cmd_resync)

@@ -15,13 +15,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from talos.client.connection import Connections
 from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
 from talos.security.dev import ADMIN_TENANT, ClusterSecurity, create_token
 from talos.security.tls import ClientSecurity
+from talos.testing.process import Server
 
 from .zookeeper import ZooKeeperServer, free_port
 
@@ -78,7 +78,7 @@ class BrokerProcess:
             proc.wait()
 
 
-class LocalCluster:
+class LocalCluster(Server):
     def __init__(
         self,
         brokers: int = 3,
@@ -251,22 +251,6 @@ class LocalCluster:
             self.zookeeper.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _tail(path: str, lines: int = 20) -> str:

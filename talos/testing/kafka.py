@@ -14,7 +14,6 @@ running from a generated properties file.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
 import signal
@@ -23,11 +22,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from talos.errors import InvalidArgument, TalosError
+from talos.testing.process import Server, kill_process_group, stop_process_group
 from talos.testing.zookeeper import free_port
 
 #: Where `make kafka-jars` puts the jars (TALOS_KAFKA_JARS overrides it).
@@ -58,9 +57,16 @@ def mirror_maker_available() -> str | None:
     return reason
 
 
-def cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+def cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with "-": kafka-storage's argument parser would read it
+    as an option (about one id in 64). Kafka's own Uuid.randomUuid skips those too.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(random_bytes()).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def properties(values: Mapping[str, object]) -> str:
@@ -155,22 +161,11 @@ class JavaProcess:
 
     def kill(self) -> None:
         """SIGKILL, no clean-up: the crash a replicator has to survive."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self.process is not None:
+            kill_process_group(self.process)
 
     def stop(self, timeout: float = 20.0) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            self.kill()
+        stop_process_group(self.process, timeout)
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -179,7 +174,7 @@ class JavaProcess:
             return ""
 
 
-class KafkaServer(JavaProcess):
+class KafkaServer(JavaProcess, Server):
     """One KRaft node (controller + broker): ``with KafkaServer() as k: k.bootstrap``."""
 
     def __init__(
@@ -280,18 +275,6 @@ class KafkaServer(JavaProcess):
         super().stop(timeout)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _listening(host: str, port: int) -> bool:

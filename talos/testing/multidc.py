@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TextIO
 
 from talos.errors import InvalidArgument, TalosError
 from talos.testing.cluster import LocalCluster
+from talos.testing.process import Server
 from talos.testing.proxy import TcpProxy
 from talos.testing.supervisor import supervise
 from talos.testing.zookeeper import free_port
@@ -119,7 +119,7 @@ class DataCenter:
         return self.cluster.zookeeper.address
 
 
-class MultiDC:
+class MultiDC(Server):
     """Start with ``with MultiDC(data_dir) as dcs:``; ``dcs.topology_path`` is the file."""
 
     def __init__(
@@ -224,22 +224,6 @@ class MultiDC:
             dc.cluster.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> MultiDC:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- the topology --
 

@@ -16,8 +16,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
+from talos.testing.process import Server
 from talos.testing.zookeeper import free_port
 
 SSHD = "/usr/sbin/sshd"
@@ -32,7 +32,7 @@ def sshd_available() -> str | None:
     return None
 
 
-class SshServer:
+class SshServer(Server):
     """``sshd -D`` on 127.0.0.1:``port`` that lets the current user in with one key.
 
     ``known_hosts`` holds the server's host key; ``client_key`` the private key
@@ -130,14 +130,3 @@ class SshServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
-
-    def __enter__(self) -> SshServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -6,7 +6,6 @@ process with its own config and data directory, and is always stopped.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -15,9 +14,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from talos.errors import CoordinationError
+from talos.testing.process import Server, stop_process_group
 
 ZK_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/zookeeper-jute.jar")
 ZK_CONF_DIR = "/etc/zookeeper/conf"
@@ -52,7 +51,7 @@ def _four_letter(host: str, port: int, word: bytes, timeout: float = 1.0) -> byt
     return b"".join(chunks)
 
 
-class ZooKeeperServer:
+class ZooKeeperServer(Server):
     """One standalone ZooKeeper; ``with ZooKeeperServer() as zk: zk.address``."""
 
     def __init__(
@@ -153,26 +152,6 @@ class ZooKeeperServer:
     def stop(self) -> None:
         proc = self.process
         self.process = None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGCONT)
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, timeout=10)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> ZooKeeperServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

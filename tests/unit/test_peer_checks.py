@@ -1,11 +1,8 @@
 """The plain checks behind the Kafka/MM2 comparisons: what counts as missing, duplicated,
-offsets kept, redelivered, skipped, and which peer is best."""
+offsets kept, redelivered, skipped."""
 
 from __future__ import annotations
 
-import math
-
-from bench.kafka_rows import best_peer, ratio
 from talos.bench.mirror_faults import check_copy, check_failover, keyed_value
 from talos.testing.kafka import broker_properties, cluster_id, mm2_properties, properties
 
@@ -43,15 +40,6 @@ def test_keyed_values_are_100_bytes_and_distinct() -> None:
     assert keyed_value(7) != keyed_value(8)
 
 
-def test_best_peer_picks_the_fastest_or_the_lowest_latency_and_skips_unmeasured() -> None:
-    values = {"NATS": 10.0, "Redis": 30.0, "aiokafka": math.nan}
-    assert best_peer(values, lower_is_better=False) == ("Redis", 30.0)
-    assert best_peer(values, lower_is_better=True) == ("NATS", 10.0)
-    name, value = best_peer({"x": math.nan}, lower_is_better=False)
-    assert name == "-" and math.isnan(value)
-    assert math.isnan(ratio(1.0, math.nan)) and ratio(6.0, 3.0) == 2.0
-
-
 def test_generated_kafka_configs_name_one_combined_node_and_a_one_way_link() -> None:
     broker = broker_properties("127.0.0.1", 9092, 9093, "/d")
     assert broker["process.roles"] == "broker,controller"
@@ -61,6 +49,11 @@ def test_generated_kafka_configs_name_one_combined_node_and_a_one_way_link() -> 
     assert (mm2["A->B.enabled"], mm2["B->A.enabled"], mm2["A->B.topics"]) == ("true", "false", "t")
     assert properties({"k": 1, "j": "v"}) == "k=1\nj=v\n"
     assert len(cluster_id()) == 22
+
+
+def test_a_cluster_id_never_starts_with_a_dash_that_kafka_storage_reads_as_an_option() -> None:
+    draws = iter([b"\xf8" + bytes(15), bytes(16)])  # the first encodes as "-A...": drawn again
+    assert cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 def test_chaos_results_keep_the_mirror_comparison_section_when_rewritten() -> None:
