@@ -420,7 +420,11 @@ def _installed_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talos", description="Talos message queue")
+    # No abbreviations of the global options: "--to" of a subcommand must not be read as
+    # an abbreviated global "--token".
+    parser = argparse.ArgumentParser(
+        prog="talos", description="Talos message queue", allow_abbrev=False
+    )
     parser.add_argument("--log-level", default=os.environ.get("TALOS_LOG_LEVEL", "WARNING"))
     parser.add_argument(  # drills check with it that a host runs talos
         "--version", action="version", version=f"talos {_installed_version()}"

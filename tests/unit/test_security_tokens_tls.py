@@ -86,3 +86,14 @@ def test_grpc_handshake_failures_become_tls_errors_that_say_what_to_do() -> None
     assert isinstance(plain_broker, TlsError) and "does not speak TLS" in plain_broker.message
     assert diagnose("127.0.0.1:1", secure, "Connection refused") is None  # just down
     assert diagnose("127.0.0.1:1", ClientSecurity(), "Socket closed") is None  # nobody there
+
+
+def test_global_client_flags_do_not_swallow_subcommand_options() -> None:
+    from talos.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["--token", "t", "export", "parquet", "orders", "--to", "out", "--to-offset", "5"]
+    )
+    assert (args.token, args.to, args.to_offset) == ("t", "out", 5)
+    args = build_parser().parse_args(["export", "parquet", "orders", "--to", "out"])
+    assert (args.token, args.to) == (None, "out")
