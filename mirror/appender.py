@@ -24,16 +24,19 @@ from talos.errors import (
     Gap,
     InvalidArgument,
     MirrorDiverged,
+    NotAuthorized,
     NotOwner,
     StorageError,
     TalosError,
     TalosTimeout,
     Throttled,
+    Unauthenticated,
     Unavailable,
     UnknownTopic,
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import BatchHeader, iter_batches, parse_header, with_origin
+from talos.security.tls import ClientSecurity
 from talos.wire import error_from_proto
 
 from .reader import ReadResult
@@ -100,13 +103,16 @@ ReplyAction = Literal["advance", "retry", "reset", "stop"]
 class ReplyDecision:
     """``advance``/``reset``: continue from ``position``; ``retry``: send the same chunk
     again (after refreshing the routing if ``refresh``); ``stop``: the partition is in
-    error with ``message``. ``suspect`` marks retries that may hide a lasting problem."""
+    error with ``message``. ``suspect`` marks retries that may hide a lasting problem;
+    ``refused`` retries that are an error now (the target refused the worker's credentials:
+    reported at once, retried slowly, so a granted ACL resumes the copy without a restart)."""
 
     action: ReplyAction
     position: int = -1
     refresh: bool = False
     suspect: bool = False
     message: str = ""
+    refused: bool = False
 
 
 def decide_reply(
@@ -134,6 +140,9 @@ def decide_reply(
         )
     if isinstance(error, NotOwner | Unavailable | TalosTimeout):
         return ReplyDecision("retry", refresh=True, message=error.message)
+    if isinstance(error, NotAuthorized | Unauthenticated):
+        message = f"{type(error).__name__}: {error.message}"
+        return ReplyDecision("retry", message=message, refused=True)
     if isinstance(error, Throttled | StorageError | CoordinationError):
         return ReplyDecision("retry", message=error.message)
     if isinstance(error, UnknownTopic | InvalidArgument):
@@ -163,11 +172,14 @@ class TargetClient:
         *,
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        security: ClientSecurity | None = None,
     ) -> None:
         from talos.client.connection import Connections
         from talos.client.routing import Router
 
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, security=security
+        )
         self.router = Router(self.connections, clock)
 
     def refresh(self, topic: str) -> None:

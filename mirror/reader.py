@@ -35,6 +35,7 @@ from talos.errors import (
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import HEADER_SIZE, BatchHeader, iter_batches, parse_header
+from talos.security.tls import ClientSecurity
 from talos.storage import index as seg_index
 from talos.storage.segment import fence_marker_path, find_position, segment_path
 from talos.storage.store import LogStore
@@ -486,11 +487,14 @@ class FetchReader:
         max_wait_ms: int = 200,
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        security: ClientSecurity | None = None,
     ) -> None:
         from talos.client.connection import Connections
         from talos.client.routing import Router
 
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, security=security
+        )
         self.router = Router(self.connections, clock)
         self.max_wait_ms = max_wait_ms
 

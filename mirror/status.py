@@ -847,7 +847,9 @@ class StatusReader:
     def connections(self, dc: Datacenter) -> Connections:
         conns = self._connections.get(dc.name)
         if conns is None:
-            conns = Connections(list(dc.brokers), request_timeout=self.timeout_s)
+            conns = Connections(
+                list(dc.brokers), request_timeout=self.timeout_s, security=dc.client_security()
+            )
             self._connections[dc.name] = conns
         return conns
 

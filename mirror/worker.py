@@ -88,6 +88,10 @@ READERS = ("store", "fetch")
 # ---- options -----------------------------------------------------------------------------
 
 
+#: How often a partition retries appends the target refused (no token, no ACL): slowly.
+REFUSED_RETRY_S = 2.0
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     read_bytes: int = 4 * 1024 * 1024  # per source read
@@ -581,6 +585,10 @@ class PartitionTask:
                     suspect_since = suspect_since if suspect_since is not None else now
                     if now - suspect_since >= options.suspect_after_s:
                         self._fail(f"the target keeps refusing appends: {decision.message}")
+                if decision.refused:
+                    self._fail(decision.message)
+                    self._stop.wait(REFUSED_RETRY_S)
+                    continue
                 log.debug("%s: retrying: %s", self._label, decision.message)
                 self._stop.wait(backoff.next())
             else:
@@ -731,7 +739,10 @@ def make_reader(
 ) -> SourceReader:
     if kind == "fetch":
         return FetchReader(
-            source.bootstrap, request_timeout_s=options.request_timeout_s, clock=clock
+            source.bootstrap,
+            request_timeout_s=options.request_timeout_s,
+            clock=clock,
+            security=source.client_security(),
         )
     if kind != "store":
         raise InvalidArgument(f"reader: must be one of {', '.join(READERS)}, got {kind!r}")
@@ -813,6 +824,7 @@ class LinkWorker:
                     self.target.bootstrap,
                     request_timeout_s=options.request_timeout_s,
                     clock=self.clock,
+                    security=self.target.client_security(),
                 ),
                 target_zk=target_zk,
                 quota=TokenBucket(self.link.bandwidth_bytes_s, clock=self.clock),

@@ -73,7 +73,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         traffic_interval_s=args.traffic_interval_s,
         balance_epsilon=args.balance_epsilon,
         max_moves_per_round=args.max_moves_per_round,
-    )
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        tls_client_ca=args.tls_client_ca or "",
+        auth=args.auth,
+    ).validated()
 
     def ready(address: str) -> None:
         print(f"broker {args.id} serving on {address}", flush=True)
@@ -90,6 +94,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     from talos.testing.supervisor import supervise
 
     data_dir = Path(args.data_dir)
+    if args.secure and (args.dcs > 1 or args.store != "posix"):
+        raise CliError("dev up: --secure runs one posix DC for now; drop --dcs 2 / --store hdfs")
     if args.dcs > 1:
         from talos.testing.multidc import run_dev_up
 
@@ -123,6 +129,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         session_timeout=args.session_timeout,
         store=dfs.url("/talos") if dfs is not None else store,
         metrics=True,
+        security=_dev_security(data_dir) if args.secure else None,
     )
     bootstrap_file = data_dir / BOOTSTRAP_FILE
     try:
@@ -132,6 +139,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         print(f"ZooKeeper:  {cluster.zookeeper.address}")
         print(f"bootstrap:  {cluster.bootstrap}")
         print(f"(written to {bootstrap_file}; Ctrl-C stops everything)", flush=True)
+        if cluster.security is not None:
+            _print_secure_usage(cluster)
         supervise(data_dir, stop, {b.broker_id: b for b in cluster.brokers})
     finally:
         print("stopping ...", flush=True)
@@ -157,6 +166,30 @@ def _dev_store(text: str) -> str:
     raise argparse.ArgumentTypeError(
         f"must be posix, hdfs or hdfs://NAMENODE:PORT/PATH, got {text!r}"
     )
+
+
+def _dev_security(data_dir: Path) -> Any:
+    from talos.security.dev import ClusterSecurity
+
+    return ClusterSecurity.generate(data_dir / "secure")
+
+
+def _print_secure_usage(cluster: Any) -> None:
+    from talos.client.connection import set_default_security
+
+    set_default_security(cluster.admin_client)  # the supervisor's probes of restarted brokers
+    pki = cluster.security.pki
+    zk = cluster.zookeeper.address
+    print(f"TLS:        every broker; CA {pki.ca} (a throwaway CA, for this deployment only)")
+    print(f"admin:      superuser token in {cluster.admin_token_file} (shown once, hashed in ZK)")
+    print("use it:")
+    print(f"  export TALOS_TLS_CA={pki.ca} TALOS_TOKEN_FILE={cluster.admin_token_file}")
+    print("  talos topic create orders --partitions 3")
+    print("a tenant that may only produce to and consume from orders:")
+    print(f"  talos token create --zookeeper {zk} --tenant shop > shop.token")
+    print(f"  talos acl add --zookeeper {zk} shop produce orders")
+    print(f"  talos acl add --zookeeper {zk} shop consume orders")
+    print("  echo hi | talos --token-file shop.token produce orders", flush=True)
 
 
 def cmd_dev_restart(args: argparse.Namespace) -> int:
@@ -473,11 +506,18 @@ def _installed_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talos", description="Talos message queue")
+    # No abbreviations of the global options: "--to" of a subcommand must not be read as
+    # an abbreviated global "--token".
+    parser = argparse.ArgumentParser(
+        prog="talos", description="Talos message queue", allow_abbrev=False
+    )
     parser.add_argument("--log-level", default=os.environ.get("TALOS_LOG_LEVEL", "WARNING"))
     parser.add_argument(  # drills check with it that a host runs talos
         "--version", action="version", version=f"talos {_installed_version()}"
     )
+    from talos.security.cli import add_client_flags
+
+    add_client_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     broker = sub.add_parser("broker", help="run one broker")
@@ -520,6 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen", default=None, help="HOST:PORT to serve Prometheus /metrics on"
     )
     _balance_arguments(broker)
+    broker.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
+    broker.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    broker.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="mutual TLS: require client certificates signed by this CA",
+    )
+    broker.add_argument(
+        "--auth",
+        action="store_true",
+        help="require a bearer token on every call and check topic ACLs (needs TLS)",
+    )
     broker.set_defaults(func=cmd_broker, log_level_default="INFO")
 
     dev = sub.add_parser("dev", help="local deployments")
@@ -542,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(1, 2),
         default=1,
         help="2: datacenters A and B (--brokers each) with a mirror link A->B and a topology file",
+    )
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS and tokens: generate a throwaway CA, certificates and an admin token",
     )
     up.set_defaults(func=cmd_dev_up)
     restart = dev_sub.add_parser(
@@ -603,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--print-offsets", action="store_true")
     consume.set_defaults(func=cmd_consume)
 
+    __import__("talos.security.cli", fromlist=["x"]).add_parsers(sub)
     from talos.group_cli import add_group_parser
 
     add_group_parser(sub)
@@ -637,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        from talos.security.cli import export_client_flags
+
+        export_client_flags(args, os.environ)
         result: int = args.func(args)
         return result
     except (CliError, InvalidArgument) as exc:

@@ -36,6 +36,9 @@ class ErrorCode(enum.IntEnum):
     MIRROR_DIVERGED = 21
     UNKNOWN_GROUP = 22
     GROUP_NOT_EMPTY = 23
+    UNAUTHENTICATED = 24
+    NOT_AUTHORIZED = 25
+    TLS = 26
 
 
 class TalosError(Exception):
@@ -223,6 +226,25 @@ class Unavailable(TalosError):
     retriable = True
 
 
+class Unauthenticated(TalosError):
+    """The broker requires a bearer token and got none, or one it does not know."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class NotAuthorized(TalosError):
+    """The caller's tenant has no ACL for this operation on this topic."""
+
+    code = ErrorCode.NOT_AUTHORIZED
+
+
+class TlsError(TalosError):
+    """A TLS problem between client and broker: plaintext against TLS, an untrusted
+    certificate, a missing client certificate. Retrying does not change it."""
+
+    code = ErrorCode.TLS
+
+
 _BY_CODE: dict[ErrorCode, type[TalosError]] = {
     cls.code: cls
     for cls in (
@@ -249,6 +271,9 @@ _BY_CODE: dict[ErrorCode, type[TalosError]] = {
         GroupNotEmpty,
         TalosTimeout,
         Unavailable,
+        Unauthenticated,
+        NotAuthorized,
+        TlsError,
     )
 }
 

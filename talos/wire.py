@@ -12,11 +12,13 @@ from talos import metrics
 from talos.errors import (
     ErrorCode,
     Gap,
+    NotAuthorized,
     NotOwner,
     OffsetOutOfRange,
     TalosError,
     TalosTimeout,
     Throttled,
+    Unauthenticated,
     Unavailable,
     from_wire,
 )
@@ -61,9 +63,15 @@ def raise_for(error: pb.Error) -> None:
 
 
 def from_grpc_error(exc: grpc.RpcError, address: str) -> TalosError:
-    """A failed call (broker down, deadline, cancelled) as a retriable Talos error."""
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    """A failed call as a Talos error: retriable when the broker is down, timed out or
+    cancelled; not when it refused the caller's token or ACLs."""
+    has_status = isinstance(exc, grpc.Call | grpc.aio.AioRpcError)  # sync, or asyncio calls
+    code = exc.code() if has_status else None
+    details = exc.details() if has_status else str(exc)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return TalosTimeout(f"broker {address}: deadline exceeded")
+    if code == grpc.StatusCode.UNAUTHENTICATED:  # the broker's auth interceptor refused
+        return Unauthenticated(f"broker {address}: {details}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return NotAuthorized(f"broker {address}: {details}")
     return Unavailable(f"broker {address}: {code.name if code else 'error'}: {details}")

@@ -29,6 +29,7 @@ from topology.model import (
     MAX_WORKERS,
     NAMING_POLICIES,
     Datacenter,
+    DcSecurity,
     GapPolicy,
     HostSpec,
     Link,
@@ -49,7 +50,7 @@ T = TypeVar("T")
 Key = tuple[str | int, ...]
 
 _DC_REQUIRED = ("zookeeper", "store", "brokers")
-_DC_OPTIONAL = ("cluster", "hosts", "failover_to")
+_DC_OPTIONAL = ("cluster", "hosts", "failover_to", "security")
 _LINK_REQUIRED = ("source", "target", "topics")
 _LINK_OPTIONAL = ("naming", "bandwidth_mb_s", "offset_sync_interval_s", "workers", "on_gap")
 _TOPIC_REQUIRED = ("name", "dc", "partitions")
@@ -363,6 +364,7 @@ def _datacenter(ctx: _Context, name: str, raw: object) -> Datacenter:
 
     failover_at = (*at, "failover_to")
     failover = ctx.strings(table.get("failover_to", []), failover_at, allow_empty=True)
+    security = _dc_security(ctx, (*at, "security"), table.get("security"))
     return Datacenter(
         name=name,
         zookeeper=zookeeper,
@@ -371,7 +373,28 @@ def _datacenter(ctx: _Context, name: str, raw: object) -> Datacenter:
         brokers=tuple(brokers),
         hosts=hosts,
         failover_to=tuple(failover),
+        security=security,
     )
+
+
+def _dc_security(ctx: _Context, at: Key, raw: object) -> DcSecurity | None:
+    """``[dc.X.security]``: files relative to the topology file's folder; each must exist."""
+    if raw is None:
+        return None
+    table = ctx.table(raw, at)
+    ctx.keys(table, at, (), DcSecurity.KEYS)
+    paths: dict[str, str] = {}
+    for key in DcSecurity.KEYS:
+        if key not in table:
+            continue
+        text = ctx.string(table[key], (*at, key))
+        path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(text)))
+        if not os.path.isfile(path):
+            ctx.fail((*at, key), f"no such file: {path}", value=text)
+        paths[key] = path
+    if ("tls_client_cert" in paths) != ("tls_client_key" in paths):
+        ctx.fail(at, "tls_client_cert and tls_client_key go together")
+    return DcSecurity(**paths)
 
 
 def _check_datacenters(ctx: _Context, datacenters: dict[str, Datacenter]) -> None:
@@ -619,6 +642,11 @@ def dump_topology(topology: Topology) -> str:
         out.append(f"brokers = {_toml_value(dc.brokers)}")
         if dc.failover_to:
             out.append(f"failover_to = {_toml_value(dc.failover_to)}")
+        if dc.security is not None:
+            out += ["", f"[dc.{_toml_key(dc.name)}.security]"]
+            for key in DcSecurity.KEYS:
+                if getattr(dc.security, key):
+                    out.append(f"{key} = {_toml_value(getattr(dc.security, key))}")
         if dc.hosts:
             out += ["", f"[dc.{_toml_key(dc.name)}.hosts]"]
             for name, host in dc.hosts.items():

@@ -15,10 +15,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from talos.config import validate_topic_name
 from talos.errors import InvalidArgument
+from talos.security.tls import ClientSecurity
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -308,6 +309,29 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class DcSecurity:
+    """How clients of this DC (mirror workers, failover tools) reach its brokers: files
+    named in the topology, absolute after loading. The token file is read when a client
+    is built, so a rotated token needs no topology change."""
+
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+    token_file: str = ""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("tls_ca", "tls_client_cert", "tls_client_key", "token_file")
+
+    def client(self) -> ClientSecurity:
+        """InvalidArgument naming the file when one cannot be read."""
+        return ClientSecurity.from_settings(
+            ca=self.tls_ca,
+            cert=self.tls_client_cert,
+            key=self.tls_client_key,
+            token_file=self.token_file,
+        )
+
+
+@dataclass(frozen=True)
 class Datacenter:
     """One DC: its ZooKeeper chroot ``/talos/<cluster>``, log store, brokers and drill hosts.
 
@@ -321,6 +345,7 @@ class Datacenter:
     brokers: tuple[str, ...]
     hosts: Mapping[str, HostSpec] = field(default_factory=FrozenMap)
     failover_to: tuple[str, ...] = ()
+    security: DcSecurity | None = None  # None: plaintext, no token
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", FrozenMap(self.hosts))
@@ -335,6 +360,10 @@ class Datacenter:
     def bootstrap(self) -> str:
         """Broker addresses as one comma-separated string, as clients take them."""
         return ",".join(self.brokers)
+
+    def client_security(self) -> ClientSecurity | None:
+        """The credentials for this DC's brokers; None: the process default."""
+        return self.security.client() if self.security is not None else None
 
 
 def validate_selector(selector: object, param: str = "topics") -> str:

@@ -191,7 +191,7 @@ def _reach_source(dc: Datacenter, timeout: float) -> tuple[KazooClient, LogStore
         raise InvalidArgument(
             f"link: cannot fail back while {dc.name} is unreachable: {exc}"
         ) from None
-    connections = Connections(dc.bootstrap, request_timeout=timeout)
+    connections = Connections(dc.bootstrap, request_timeout=timeout, security=dc.client_security())
     try:
         connections.call_any("Metadata", pb.MetadataRequest(topics=[]), timeout=timeout)
     except TalosError as exc:

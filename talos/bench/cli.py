@@ -48,6 +48,11 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
         default="posix",
         help="log store of the cluster started here (hdfs: a MiniDFSCluster is started too)",
     )
+    target.add_argument(
+        "--secure",
+        action="store_true",
+        help="the cluster started here serves TLS and requires tokens (an admin token is used)",
+    )
     target.add_argument("--topic", default=None, help="topic to use (default: a fresh one)")
     target.add_argument("--partitions", type=int, default=4)
     target.add_argument("--durability", choices=("flush", "sync"), default="flush")
@@ -90,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         bootstrap=args.bootstrap,
         brokers=args.brokers,
         store=args.store,
+        secure=args.secure,
         size=args.size,
         messages=messages,
         duration=args.duration,

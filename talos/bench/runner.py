@@ -45,6 +45,7 @@ class BenchConfig:
     bootstrap: str | None = None  # None: start a LocalCluster of ``brokers`` brokers
     brokers: int = 1
     store: str = "posix"  # the log store of the cluster started here: posix or hdfs
+    secure: bool = False  # the cluster started here serves TLS and requires tokens
     size: int = 100
     messages: int = 0  # 0: run for ``duration`` seconds
     duration: float = 0.0
@@ -70,6 +71,11 @@ class BenchConfig:
         _check(self.brokers, "brokers", 1, 16)
         if self.store not in ("posix", "hdfs"):
             raise InvalidArgument(f"store: must be posix or hdfs, got {self.store!r}")
+        if self.secure and self.bootstrap:
+            raise InvalidArgument(
+                "secure: applies to the cluster started here; against --bootstrap pass "
+                "--tls-ca and --token (or TALOS_TLS_CA and TALOS_TOKEN) instead"
+            )
         _check(self.size, "size", 0, 16 * 1024 * 1024)
         _check(self.messages, "messages", 0, 10**12)
         if self.duration < 0 or (self.messages == 0 and self.duration <= 0 and self.preload):
@@ -132,14 +138,42 @@ def target(config: BenchConfig) -> Iterator[Target]:
         if config.store == "hdfs":  # a MiniDFSCluster of 3 DataNodes beside the brokers
             dfs = stack.enter_context(MiniDfsCluster(3, str(Path(tmp) / "hdfs"), quick_start=False))
             store = dfs.url("/talos")
+        security = None
+        if config.secure:  # a throwaway CA; clients here and in the workers use its admin token
+            from talos.security.dev import ClusterSecurity
+
+            security = ClusterSecurity.generate(Path(tmp) / "pki")
         cluster = LocalCluster(
-            brokers=config.brokers, data_dir=str(Path(tmp) / "cluster"), store=store
+            brokers=config.brokers,
+            data_dir=str(Path(tmp) / "cluster"),
+            store=store,
+            security=security,
         )
         try:
             cluster.start()
+            if security is not None:
+                stack.enter_context(_client_env(security.pki.ca, cluster.admin_token_file))
             yield Target(cluster.bootstrap, [b.pid for b in cluster.brokers])
         finally:
             cluster.stop()
+
+
+@contextlib.contextmanager
+def _client_env(ca: str, token_file: str) -> Iterator[None]:
+    """Clients built here and in the spawned workers read their credentials from it."""
+    from talos.security.tls import ENV_CA, ENV_TOKEN, ENV_TOKEN_FILE
+
+    saved = {name: os.environ.get(name) for name in (ENV_CA, ENV_TOKEN, ENV_TOKEN_FILE)}
+    os.environ.pop(ENV_TOKEN, None)
+    os.environ.update({ENV_CA: ca, ENV_TOKEN_FILE: token_file})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def create_topic(bootstrap: str, config: BenchConfig) -> str:

@@ -32,10 +32,13 @@ from talos.coord.producer_ids import allocate_producer_id
 from talos.coord.topics import TopicMeta, TopicStore
 from talos.coord.traffic import DEFAULT_INTERVAL_S, ByteCounter, TrafficReporter
 from talos.coord.zk import connect
-from talos.errors import NotOwner, TalosError, UnknownTopic
+from talos.errors import InvalidArgument, NotOwner, TalosError, UnknownTopic
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.quota.runtime import BrokerQuotas
+from talos.security.interceptor import AuthInterceptor
+from talos.security.store import SecurityCache
+from talos.security.tls import server_tls
 from talos.storage.open import open_store
 from talos.storage.segment import topic_dir
 from talos.storage.store import LogStore
@@ -84,6 +87,22 @@ class BrokerConfig:
     traffic_interval_s: float = DEFAULT_INTERVAL_S
     balance_epsilon: float = DEFAULT_EPSILON
     max_moves_per_round: int = DEFAULT_MAX_MOVES
+    # TLS on the gRPC endpoint (both or neither); with tls_client_ca, mutual TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Require a bearer token on every call and check topic ACLs (talos.security); needs TLS.
+    auth: bool = False
+
+    def validated(self) -> BrokerConfig:
+        """InvalidArgument naming the flag, before anything starts."""
+        tls = server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if self.auth and tls is None:
+            raise InvalidArgument(
+                "auth: needs --tls-cert and --tls-key; tokens must not cross the network "
+                "in plaintext"
+            )
+        return self
 
 
 #: How often every owned partition runs its upkeep (producer expiry) even when idle.
@@ -171,7 +190,7 @@ class TopicCache:
 
 class Broker:
     def __init__(self, config: BrokerConfig, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.config = config
+        self.config = config.validated()
         self.clock = clock
         self.broker_id = config.broker_id
         self.address = ""
@@ -204,9 +223,18 @@ class Broker:
         workers = self.config.workers or max(2, os.cpu_count() or 2)
         self.executor = PartitionExecutor(workers, self.config.max_queued_bytes)
 
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        interceptors = []
+        if self.config.auth:
+            self.security = SecurityCache(self.zk)
+            await asyncio.to_thread(self.security.start)
+            interceptors.append(AuthInterceptor(self.security))
+        self._server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
         pb_grpc.add_BrokerServicer_to_server(BrokerService(self), self._server)
-        port = self._server.add_insecure_port(self.config.listen)
+        tls = server_tls(self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca)
+        if tls is None:
+            port = self._server.add_insecure_port(self.config.listen)
+        else:
+            port = self._server.add_secure_port(self.config.listen, tls.credentials())
         host = self.config.listen.rsplit(":", 1)[0]
         self.address = f"{self.config.advertised_host or host}:{port}"
         await self._server.start()

@@ -29,9 +29,11 @@ from talos.errors import (
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.quota import wire as quota_wire
-from talos.quota.model import DEFAULT_TENANT, Rates
+from talos.quota.model import Rates
 from talos.quota.store import QuotaStore
 from talos.record.batch import BatchHeader, iter_batches, validate_single_batch
+from talos.security import interceptor as auth
+from talos.security.acl import Operation
 from talos.wire import error_to_proto
 
 if TYPE_CHECKING:
@@ -42,21 +44,6 @@ T = TypeVar("T")
 
 MAX_FETCH_BYTES = 16 * 1024 * 1024
 MAX_WAIT_MS = 30_000
-#: gRPC metadata naming the tenant a request is charged to (quotas).
-TENANT_METADATA = "talos-tenant"
-
-
-def request_tenant(context: Any) -> str:
-    """The tenant a request is charged to, for quotas.
-
-    Until authentication exists this is what the client says in its
-    ``talos-tenant`` metadata (default "default"); the security work replaces
-    this one function with the authenticated tenant.
-    """
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA and isinstance(value, str) and value:
-            return value
-    return DEFAULT_TENANT
 
 
 def throttled(wait_ms: int, what: str) -> Throttled:
@@ -118,7 +105,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def Produce(
         self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ProduceResponse:
-        outcomes = await self._start_produce(request, request_tenant(context))
+        outcomes = await self._start_produce(request, auth.tenant_of(context))
         return self._produce_response(request, outcomes)
 
     async def ProduceStream(
@@ -132,7 +119,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         others); the client matches them by ``request_id``.
         """
         answers: asyncio.Queue[pb.ProduceResponse | None] = asyncio.Queue()
-        tenant = request_tenant(context)
+        tenant = auth.tenant_of(context)
         reader = asyncio.ensure_future(self._read_produce_stream(requests, answers, tenant))
         try:
             while (answer := await answers.get()) is not None:
@@ -176,6 +163,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
         for i, batch in enumerate(request.batches):
             metrics.produced(batch.topic, len(batch.records))
             try:
+                auth.check(Operation.PRODUCE, batch.topic)  # a no-op without --auth
                 if waits is not None and waits[i]:
                     raise throttled(waits[i], f"tenant {tenant!r} producing to {batch.topic!r}")
                 plog = broker.owned_log(batch.topic, batch.partition)
@@ -249,7 +237,7 @@ class BrokerService(pb_grpc.BrokerServicer):  # type: ignore[misc]
     async def Fetch(
         self, request: pb.FetchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchResponse:
-        tenant = request_tenant(context)
+        tenant = auth.tenant_of(context)
         admitted, refused = self._fetch_quota(request, tenant)
         if refused and not admitted.partitions:
             return with_refused(pb.FetchResponse(), refused)

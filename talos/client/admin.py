@@ -14,6 +14,7 @@ from talos.config import (
 )
 from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
+from talos.security.tls import ClientSecurity
 from talos.wire import raise_for
 
 from .connection import Connections, retry_policy
@@ -43,9 +44,12 @@ class Admin:
         bootstrap: str | Sequence[str],
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.clock = clock
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, security=security
+        )
         self.router = Router(self.connections, clock)
 
     def _admin(self, method: str, request: object) -> None:

@@ -12,6 +12,8 @@ import tenacity
 
 from talos.errors import InvalidArgument, TalosError, Unavailable
 from talos.proto import talos_pb2_grpc as pb_grpc
+from talos.quota.model import TENANT_METADATA
+from talos.security.tls import ClientSecurity, diagnose
 from talos.wire import from_grpc_error
 
 T = TypeVar("T")
@@ -23,6 +25,46 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+_default_security: ClientSecurity | None = None
+
+
+def set_default_security(security: ClientSecurity | None) -> None:
+    """What clients built without ``security=`` use (the CLI sets it from its flags);
+    None: read TALOS_TLS_CA, TALOS_TLS_CERT/KEY and TALOS_TOKEN(_FILE) each time."""
+    global _default_security
+    _default_security = security
+
+
+def default_security() -> ClientSecurity:
+    return _default_security if _default_security is not None else ClientSecurity.from_env()
+
+
+def open_channel(address: str, security: ClientSecurity) -> grpc.Channel:
+    """A blocking-API channel: TLS or plaintext (the token travels as call metadata)."""
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def open_aio_channel(address: str, security: ClientSecurity) -> grpc.aio.Channel:
+    """The asyncio-API twin of :func:`open_channel` (the produce streams)."""
+    credentials = security.channel_credentials()
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def call_error(exc: grpc.RpcError, address: str, security: ClientSecurity) -> TalosError:
+    """A failed call as a Talos error; a connection that failed over TLS (or plaintext
+    against TLS) becomes a TlsError that says so instead of a retriable Unavailable."""
+    error = from_grpc_error(exc, address)
+    if isinstance(error, Unavailable):
+        details = exc.details() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else str(exc)
+        return diagnose(address, security, details or "") or error
+    return error
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[str]:
@@ -50,7 +92,13 @@ def tenant_metadata(tenant: str | None) -> tuple[tuple[str, str], ...]:
     chosen = tenant if tenant is not None else os.environ.get(TENANT_ENV, "")
     if not chosen:
         return ()
-    return (("talos-tenant", validate_name(chosen, "tenant")),)
+    return ((TENANT_METADATA, validate_name(chosen, "tenant")),)
+
+
+def call_metadata(security: ClientSecurity, tenant: str | None) -> tuple[tuple[str, str], ...]:
+    """Every call's metadata: the bearer token, if any, and the tenant the client names.
+    A broker with authentication charges the token's tenant and ignores the name."""
+    return (*(security.metadata() or ()), *tenant_metadata(tenant))
 
 
 def retry_policy(timeout: float) -> tenacity.Retrying:
@@ -80,10 +128,12 @@ class Connections:
         bootstrap: str | Sequence[str],
         request_timeout: float = 30.0,
         tenant: str | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
         self.request_timeout = request_timeout
-        self.metadata = tenant_metadata(tenant)
+        self.security = security if security is not None else default_security()
+        self.metadata = call_metadata(self.security, tenant)
         self._stubs: dict[str, pb_grpc.BrokerStub] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -94,7 +144,7 @@ class Connections:
             with self._lock:
                 stub = self._stubs.get(address)
                 if stub is None:
-                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    channel = open_channel(address, self.security)
                     self._channels[address] = channel
                     stub = pb_grpc.BrokerStub(channel)
                     self._stubs[address] = stub
@@ -106,7 +156,7 @@ class Connections:
         try:
             return rpc(request, timeout=timeout or self.request_timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
-            raise from_grpc_error(exc, address) from None
+            raise call_error(exc, address, self.security) from None
 
     def call_any(
         self, method: str, request: Any, addresses: Sequence[str] = (), timeout: float | None = None
@@ -137,17 +187,17 @@ class AioConnections:
     brokers, sends to them).
     """
 
-    def __init__(self, bootstrap: Sequence[str], request_timeout: float) -> None:
-        self.bootstrap = list(bootstrap)
+    def __init__(self, connections: Connections, request_timeout: float) -> None:
+        self.bootstrap = list(connections.bootstrap)
+        self.security = connections.security
+        self.metadata = connections.metadata
         self.request_timeout = request_timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, address: str) -> pb_grpc.BrokerStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS
-            )
+            channel = self._channels[address] = open_aio_channel(address, self.security)
         return pb_grpc.BrokerStub(channel)
 
     async def call_any(self, method: str, request: Any, addresses: Sequence[str] = ()) -> Any:
@@ -157,9 +207,12 @@ class AioConnections:
         for address in tried:
             rpc = getattr(self._stub(address), method)
             try:
-                return await rpc(request, timeout=self.request_timeout)
+                return await rpc(request, timeout=self.request_timeout, metadata=self.metadata)
             except grpc.RpcError as exc:
-                last = from_grpc_error(exc, address)
+                error = call_error(exc, address, self.security)
+                if not isinstance(error, Unavailable):
+                    raise error from None
+                last = error
         raise nobody_answered(tried, last)
 
     async def close(self) -> None:

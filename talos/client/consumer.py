@@ -26,6 +26,7 @@ from talos.errors import (
 )
 from talos.proto import talos_pb2 as pb
 from talos.record.batch import TupleMaker, decode_fetch_as
+from talos.security.tls import ClientSecurity
 from talos.wire import error_from_proto, raise_for
 
 from .connection import Connections, retry_policy
@@ -82,6 +83,7 @@ class Consumer:
         request_timeout_s: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
         tenant: str | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         if group_id is not None:
             validate_group_name(group_id, "group_id")
@@ -103,7 +105,9 @@ class Consumer:
         self.fetch_max_bytes = fetch_max_bytes
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.clock = clock
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s, tenant=tenant)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, tenant=tenant, security=security
+        )
         self.router = Router(self.connections, clock)
         self._subscription: list[str] = []
         self._assigned: list[TopicPartition] = []

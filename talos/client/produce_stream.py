@@ -33,9 +33,9 @@ from talos.clock import Clock
 from talos.errors import TalosError, TalosTimeout, Unavailable
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
-from talos.wire import from_grpc_error
+from talos.security.tls import ClientSecurity
 
-from .connection import CHANNEL_OPTIONS
+from .connection import call_error, default_security, open_aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,13 @@ class ProduceStream:
         on_answer: Answer,
         request_timeout: float,
         clock: Clock,
-        metadata: Sequence[tuple[str, str]] = (),
+        security: ClientSecurity | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         self.address = address
-        self._metadata = tuple(metadata)
+        self.security = security if security is not None else default_security()
+        # the token (and a named tenant); by default what the security alone gives
+        self._metadata = tuple(metadata) if metadata is not None else self.security.metadata()
         self.request_timeout = request_timeout
         self._io = io
         self._clock = clock
@@ -134,7 +137,7 @@ class ProduceStream:
         self._open_now()
 
     def _open_now(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = open_aio_channel(self.address, self.security)
         self._call = pb_grpc.BrokerStub(self._channel).ProduceStream(metadata=self._metadata)
         self._reader = asyncio.ensure_future(self._read())
 
@@ -163,7 +166,7 @@ class ProduceStream:
                     self._on_answer(entry[0], response)
             why = Unavailable(f"broker {self.address}: produce stream ended")
         except grpc.aio.AioRpcError as exc:
-            why = from_grpc_error(exc, self.address)
+            why = call_error(exc, self.address, self.security)
         except asyncio.CancelledError:
             why = Unavailable(f"broker {self.address}: produce stream cancelled")
         except Exception as exc:  # the channel was closed under us

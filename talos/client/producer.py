@@ -45,6 +45,7 @@ from talos.errors import InvalidArgument, MessageTooLarge, TalosError, TalosTime
 from talos.record.batch import HEADER_SIZE, bad_record_error, record_size
 from talos.record.codec import Codec, parse_codec
 from talos.record.crc import crc32c
+from talos.security.tls import ClientSecurity
 
 from .accumulator import BATCH_SLACK_BYTES, Accumulator, Batch, TopicBatches, nagle_hold
 from .connection import Connections
@@ -255,6 +256,7 @@ class Producer:
         buffer_bytes: int = 32 * 1024 * 1024,
         clock: Clock = SYSTEM_CLOCK,
         tenant: str | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         if not 0 <= linger_ms <= 60_000:
             raise InvalidArgument(f"linger_ms: must be between 0 and 60000, got {linger_ms}")
@@ -286,7 +288,9 @@ class Producer:
         self.clock = clock
         self._wall_ms = clock.wall_ms
         self._system_clock = type(clock) is SystemClock
-        self.connections = Connections(bootstrap, request_timeout=request_timeout_s, tenant=tenant)
+        self.connections = Connections(
+            bootstrap, request_timeout=request_timeout_s, tenant=tenant, security=security
+        )
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
         self._round_robin = itertools.count()

@@ -19,6 +19,8 @@ from talos.errors import CoordinationError, InvalidArgument
 MAX_RATE = 10**15
 
 DEFAULT_TENANT = "default"
+#: gRPC metadata in which a client names its tenant to a broker without authentication.
+TENANT_METADATA = "talos-tenant"
 #: The tenant of a topic quota shared by every tenant (never a tenant's own name: '*' is
 #: not a valid one).
 EVERY_TENANT = "*"

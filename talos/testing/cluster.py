@@ -20,6 +20,8 @@ from pathlib import Path
 from talos.client.connection import Connections
 from talos.errors import InvalidArgument, TalosError, TalosTimeout
 from talos.proto import talos_pb2 as pb
+from talos.security.dev import ADMIN_TENANT, ClusterSecurity, create_token
+from talos.security.tls import ClientSecurity
 from talos.testing.process import Server
 
 from .zookeeper import ZooKeeperServer, free_port
@@ -92,7 +94,12 @@ class LocalCluster(Server):
         store: str = "",
         metrics: bool = False,
         broker_args: Sequence[str] = (),
+        security: ClusterSecurity | None = None,
     ) -> None:
+        # TLS (and tokens, when security.auth) on every broker; an admin token is made
+        # at start and ``admin_client`` reaches the brokers with it.
+        self.security = security
+        self.admin_token = ""
         self._own_dir = data_dir is None
         # hdfs://... puts the logs on HDFS; "" keeps them in <data_dir>/store (posix).
         self.store = store
@@ -156,7 +163,19 @@ class LocalCluster(Server):
                 else []
             ),
             *self.broker_args,
+            *(self.security.broker_args() if self.security is not None else []),
         ]
+
+    @property
+    def admin_client(self) -> ClientSecurity | None:
+        """How tools reach the brokers: None (the process default) without security."""
+        if self.security is None:
+            return None
+        return self.security.client(self.admin_token)
+
+    @property
+    def admin_token_file(self) -> str:
+        return os.path.join(self.data_dir, "admin.token")
 
     def start(self, timeout: float | None = None) -> None:
         if timeout is None:  # an hdfs broker starts a JVM and loads Hadoop's client first
@@ -165,6 +184,15 @@ class LocalCluster(Server):
             raise InvalidArgument("LocalCluster.start: already started (a with-block starts it)")
         if self._own_zk:
             self.zookeeper.start()
+        if self.security is not None and self.security.auth:
+            self.admin_token = create_token(
+                self.zookeeper.address,
+                self.cluster,
+                ADMIN_TENANT,
+                superuser=True,
+                description="the local cluster's admin",
+                token_file=self.admin_token_file,
+            )
         for _i in range(self._broker_count):
             self.add_broker(start=True)
         self.wait_for_brokers(self._broker_count, timeout)
@@ -190,7 +218,10 @@ class LocalCluster(Server):
         broker.start()
 
     def live_brokers(self) -> dict[str, str]:
-        connections = Connections([b.address for b in self.brokers if b.alive()] or ["127.0.0.1:1"])
+        connections = Connections(
+            [b.address for b in self.brokers if b.alive()] or ["127.0.0.1:1"],
+            security=self.admin_client,
+        )
         try:
             response: pb.MetadataResponse = connections.call_any(
                 "Metadata", pb.MetadataRequest(topics=[]), timeout=2.0
