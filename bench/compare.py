@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -538,5 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _unwind_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every server this run started is stopped
+    (it used to leave ZooKeeper, a broker, NATS, Redis and Kafka running)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 if __name__ == "__main__":
+    _unwind_on_sigterm()
     sys.exit(main())

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from .best import run_key
 from .kafka_load import (
-    aiokafka_consume,
     aiokafka_produce,
     confluent_consume,
     confluent_produce,
@@ -29,7 +28,10 @@ if TYPE_CHECKING:
 #: result-key suffix -> label, for the table and the chart.
 CLIENTS = {"kafka-confluent": "Kafka (confluent-kafka)", "kafka-aiokafka": "Kafka (aiokafka)"}
 _PRODUCE = {"kafka-confluent": confluent_produce, "kafka-aiokafka": aiokafka_produce}
-_CONSUME = {"kafka-confluent": confluent_consume, "kafka-aiokafka": aiokafka_consume}
+#: aiokafka's consume is not run: in make bench its consumer read nothing for 600 s, from
+#: librdkafka's topic and from its own (a hand probe of the same topics read them), a
+#: load-generator bug not found yet; aiokafka_consume stays for reproducing it.
+_CONSUME = {"kafka-confluent": confluent_consume}
 
 
 class KafkaRuns:
@@ -55,9 +57,9 @@ class KafkaRuns:
             )
 
     def consume(self, consumers: int, written_by: int) -> None:
-        """Both clients read back what one confluent-kafka 100 B run wrote."""
+        """Each client reads back what it wrote itself in its 100 B run."""
         for client, fn in _CONSUME.items():
-            topic = f"p100B-kafka-confluent-{written_by}"
+            topic = f"p100B-{client}-{written_by}"
             self.bench.peer(
                 run_key("consume 100B", client, consumers),
                 fn,
