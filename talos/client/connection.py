@@ -187,11 +187,11 @@ class AioConnections:
     brokers, sends to them).
     """
 
-    def __init__(self, connections: Connections, request_timeout: float) -> None:
+    def __init__(self, connections: Connections) -> None:
         self.bootstrap = list(connections.bootstrap)
         self.security = connections.security
         self.metadata = connections.metadata
-        self.request_timeout = request_timeout
+        self.request_timeout = connections.request_timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, address: str) -> pb_grpc.BrokerStub:

@@ -77,7 +77,7 @@ class Sender:
         self.flush_requested = 0  # flush() callers waiting (under the lock)
         # When the sleeping sender looks again (under the lock); -inf: a wake-up is on its way.
         self.wake_at = float("-inf")
-        self._aio = AioConnections(router.connections, request_timeout)
+        self._aio = AioConnections(router.connections)
         self._streams: dict[str, ProduceStream] = {}
         self._task: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
