@@ -9,6 +9,7 @@ over a queue. Every process started here is ended by :meth:`Pool.close`.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import queue
 import time
@@ -48,6 +49,14 @@ class Tally:
         self._counts[self._slot] += n
 
     def ready_and_wait(self, timeout: float = 300.0) -> None:
+        """Report ready (warmed up), then wait for the go shared by every worker.
+
+        The worker's start-up heap (its client library, modules) is frozen first,
+        as an application sensitive to latency does: a full GC collection in the
+        timed part would measure the collector. Every system's load generator
+        comes through here, so they are all treated alike.
+        """
+        gc.freeze()
         self._ready.release()
         if not self._go.wait(timeout):
             raise TalosTimeout("bench worker: no go signal")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import threading
@@ -513,6 +514,17 @@ def _close_zk(zk: KazooClient) -> None:
         log.debug("closing ZooKeeper client failed", exc_info=True)
 
 
+def freeze_startup_heap() -> None:
+    """Keep what start-up loaded (gRPC, protobuf, kazoo, modules) out of full collections.
+
+    A full collection of the cyclic GC walks every tracked object; with the
+    start-up heap in it, it stalls every request in flight for 10-80 ms (the
+    longest pauses of a 5K msg/s latency run). Frozen objects are never
+    collected, which costs nothing here: they live as long as the process.
+    """
+    gc.freeze()
+
+
 async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
     """Run until SIGTERM/SIGINT; ``ready(address)`` is called once serving."""
     import signal
@@ -529,6 +541,7 @@ async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
         loop.add_signal_handler(sig, broker.request_stop)
     try:
         await broker.start()
+        freeze_startup_heap()
         if ready is not None:
             ready(broker.address)
         await broker.serve_until_stopped()
