@@ -31,7 +31,8 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
 	fi
 # A C compiler and Python's headers build the native record accelerator
-# (talos/record/_native.c); without them talos.record runs its pure-Python codec.
+# (talos/record/_native.c) and the producer's send lane (talos/client/_send_lane.c);
+# without them talos.record runs its pure-Python codec and send() its Python path.
 	@if ! command -v cc >/dev/null 2>&1 || ! $(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then \
 		echo "installing gcc and python3-dev from apt (for the native record accelerator)"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -49,13 +50,18 @@ $(VENV)/.stamp-deps: pyproject.toml | $(BIN)/python
 
 # pip install -e builds the native record accelerator in place (setup.py, optional);
 # this rebuilds it when its source changes. A failed build leaves the pure-Python codec.
-$(VENV)/.stamp-native: talos/record/_native.c setup.py $(VENV)/.stamp-deps
+$(VENV)/.stamp-native: talos/record/_native.c talos/client/_send_lane.c setup.py $(VENV)/.stamp-deps
 	@$(BIN)/python -c 'import setuptools' 2>/dev/null || $(BIN)/pip install -q setuptools
 	@$(BIN)/python setup.py -q build_ext --inplace >$(VENV)/native-build.log 2>&1 || true
 	@if $(BIN)/python -c 'import talos.record._native' 2>>$(VENV)/native-build.log; then \
 		echo "native record accelerator built (talos/record/_native.c)"; \
 	else \
 		echo "native record accelerator NOT built (see $(VENV)/native-build.log): talos.record uses its pure-Python codec" >&2; \
+	fi
+	@if $(BIN)/python -c 'import talos.client._send_lane' 2>>$(VENV)/native-build.log; then \
+		echo "native send lane built (talos/client/_send_lane.c)"; \
+	else \
+		echo "native send lane NOT built (see $(VENV)/native-build.log): the producer uses its pure-Python send()" >&2; \
 	fi
 	touch $@
 
@@ -173,7 +179,7 @@ bench-mirror: bench-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
-	rm -f talos/record/_native*.so
+	rm -f talos/record/_native*.so talos/client/_send_lane*.so
 
 # The chaos suite (chaos/README.md); needs root for network namespaces, skips without.
 # chaos-smoke: fixed seeds, about 10 minutes, fails on any anomaly.

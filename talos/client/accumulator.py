@@ -153,6 +153,7 @@ class TopicBatches:
     def __init__(self, name: str, partitions: int, cap: int) -> None:
         self.name = name
         self.cap = cap  # a batch is sealed once it holds this many bytes
+        # One list for the object's lifetime (grown in place): the C send lane keeps it.
         self.open: list[Batch | None] = [None] * partitions
         self.queues = [PartitionQueue(name, p) for p in range(partitions)]
         self.sticky = -1  # the partition keyless records go to, until its batch is sealed

@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import FINISHED, PENDING
 from typing import Any, NamedTuple
 
+from talos.accel import load_extension
 from talos.aio import IoLoop
 from talos.clock import SYSTEM_CLOCK, Clock, SystemClock
 from talos.config import validate_partition, validate_topic_name
@@ -236,6 +237,11 @@ class _Topic:
         self.fast_value_max = self.limit - BATCH_SLACK_BYTES - HEADER_SIZE - VALUE_OVERHEAD
 
 
+#: The optional C send lane (talos/client/_send_lane.c): send()'s most common case in
+#: one call. None when it was not built or TALOS_PURE is set; send() is then all Python.
+_send_lane = load_extension("talos.client._send_lane")
+
+
 def key_partition(key: bytes, partitions: int) -> int:
     """Stable across processes and languages: CRC-32C of the key."""
     return crc32c(key) % partitions
@@ -293,6 +299,8 @@ class Producer:
         )
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
+        # topic -> its send lane, made with its _Topic entry (native, system clock only)
+        self._lanes: dict[str, Any] = {}
         self._round_robin = itertools.count()
         self._outstanding = 0  # records sent and not yet acknowledged or failed
         self._closed = False
@@ -349,8 +357,21 @@ class Producer:
         the callback runs on the producer's I/O thread (see the module doc).
 
         This runs once per message, so the common case (no key, no headers, a known
-        topic, an open batch) does a handful of lookups and one append.
+        topic, an open batch) does a handful of lookups and one append, in C when
+        the send lane was built (it returns None when the case does not apply).
         """
+        if (
+            key is None
+            and partition is None
+            and timestamp_ms is None
+            and on_delivery is None
+            and not headers
+        ):
+            lane = self._lanes.get(topic)
+            if lane is not None:
+                future = lane.send(value)
+                if future is not None:
+                    return future
         if self._closed:
             raise InvalidArgument("producer: already closed")
         entry = self._topics.get(topic)
@@ -462,7 +483,7 @@ class Producer:
         with self._mutex:
             entry = self._topics.get(topic)
             if entry is None or entry.route is not route:
-                entry = self._topics[topic] = self._entry(route)
+                entry = self._entry(route)
             return entry
 
     def _fresh_topic(self, entry: _Topic) -> _Topic:
@@ -473,14 +494,22 @@ class Producer:
         with self._mutex:
             current = self._topics[entry.name]
             if current.route is not route:
-                current = self._topics[entry.name] = self._entry(route)
+                current = self._entry(route)
             return current
 
     def _entry(self, route: TopicRoute) -> _Topic:
+        """Lock held: the topic's entry for ``route``, stored with its send lane."""
         # A batch must also fit the topic's limit, which the broker applies to whole
         # batches; keep room for longer timestamp deltas and compression framing.
         cap = min(self.batch_bytes, route.config.max_message_bytes - BATCH_SLACK_BYTES)
-        return _Topic(route, self._acc.topic(route.name, route.partitions, cap))
+        entry = self._topics[route.name] = _Topic(
+            route, self._acc.topic(route.name, route.partitions, cap)
+        )
+        if _send_lane is not None and self._system_clock:
+            self._lanes[route.name] = _send_lane.SendLane(
+                self, entry.batches, self._mutex, RecordFuture, entry.fast_value_max, VALUE_OVERHEAD
+            )
+        return entry
 
     @staticmethod
     def _checked_size(

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from talos.config import MAX_OFFSET
 from talos.errors import CorruptBatch, InvalidArgument, MessageTooLarge
-from talos.record._accel import load_native
+from talos.accel import load_native
 from talos.record.codec import Codec, check_codec, compress, decompress
 from talos.record.crc import Buffer, crc32c, crc32c_extend
 from talos.record.varint import ONE_BYTE, read_uvarint, uvarint, zvarint

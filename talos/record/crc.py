@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import google_crc32c
 
-from talos.record._accel import load_native
+from talos.accel import load_native
 
 if TYPE_CHECKING:
     from talos.record import _native
