@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from talos.errors import TalosError, TalosTimeout
+from talos.heap import keep_freed_memory
 
 
 @dataclass
@@ -72,6 +73,7 @@ Worker = Callable[[Any, Tally], WorkResult]
 def _child(
     fn: Worker, spec: Any, counts: Any, slot: int, ready: Any, go: Any, stop: Any, results: Any
 ) -> None:
+    keep_freed_memory()  # as the broker does (talos/heap.py), for every system's worker
     try:
         result = fn(spec, Tally(counts, slot, ready, go, stop))
     except BaseException as exc:  # reported to the parent, which decides

@@ -8,13 +8,10 @@ in memory is needed by anyone else after it dies.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +31,7 @@ from talos.coord.topics import TopicMeta, TopicStore
 from talos.coord.traffic import DEFAULT_INTERVAL_S, ByteCounter, TrafficReporter
 from talos.coord.zk import connect
 from talos.errors import InvalidArgument, NotOwner, TalosError, UnknownTopic
+from talos.heap import keep_freed_memory, release_free_heap
 from talos.proto import talos_pb2 as pb
 from talos.proto import talos_pb2_grpc as pb_grpc
 from talos.quota.runtime import BrokerQuotas
@@ -484,28 +482,6 @@ class Broker:
         self.store.delete_tree(topic_dir(self.config.cluster, name, meta.incarnation))
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_free_heap() -> None:
-    """glibc's malloc_trim(0): returns free heap pages to the OS. Python's allocator
-    frees memory to malloc but malloc keeps it, so without this a broker's RSS stays at
-    its peak after producer entries expire. A no-op without glibc."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 def _close_zk(zk: KazooClient) -> None:
     try:
         zk.stop()
@@ -535,6 +511,7 @@ async def run_broker(config: BrokerConfig, ready: Any = None) -> None:
         shifted = ShiftedClock()
         follow_clock_offset(config.clock_offset_file, shifted, stop_clock)
         clock = shifted
+    keep_freed_memory()  # see talos/heap.py: fresh pages are dear on a VM
     broker = Broker(config, clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
