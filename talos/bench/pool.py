@@ -9,7 +9,6 @@ over a queue. Every process started here is ended by :meth:`Pool.close`.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import queue
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from talos.errors import TalosError, TalosTimeout
-from talos.heap import keep_freed_memory
 
 
 @dataclass
@@ -50,14 +48,6 @@ class Tally:
         self._counts[self._slot] += n
 
     def ready_and_wait(self, timeout: float = 300.0) -> None:
-        """Report ready (warmed up), then wait for the go shared by every worker.
-
-        The worker's start-up heap (its client library, modules) is frozen first,
-        as an application sensitive to latency does: a full GC collection in the
-        timed part would measure the collector. Every system's load generator
-        comes through here, so they are all treated alike.
-        """
-        gc.freeze()
         self._ready.release()
         if not self._go.wait(timeout):
             raise TalosTimeout("bench worker: no go signal")
@@ -73,7 +63,6 @@ Worker = Callable[[Any, Tally], WorkResult]
 def _child(
     fn: Worker, spec: Any, counts: Any, slot: int, ready: Any, go: Any, stop: Any, results: Any
 ) -> None:
-    keep_freed_memory()  # as the broker does (talos/heap.py), for every system's worker
     try:
         result = fn(spec, Tally(counts, slot, ready, go, stop))
     except BaseException as exc:  # reported to the parent, which decides
