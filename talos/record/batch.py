@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from types import NotImplementedType
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
+from talos.accel import load_native
 from talos.config import MAX_OFFSET
 from talos.errors import CorruptBatch, InvalidArgument, MessageTooLarge
-from talos.accel import load_native
 from talos.record.codec import Codec, check_codec, compress, decompress
 from talos.record.crc import Buffer, crc32c, crc32c_extend
 from talos.record.varint import ONE_BYTE, read_uvarint, uvarint, zvarint
