@@ -86,7 +86,7 @@ class Bench:
 
     @staticmethod
     def settle_writeback() -> None:
-        """Before a latency run: write back what earlier runs left dirty in the page cache.
+        """Before a paced (latency) run: write back what earlier runs left dirty.
 
         The throughput runs leave gigabytes of dirty pages; while the kernel writes
         them back, a write() into the page cache can be throttled, and whichever
@@ -128,7 +128,7 @@ class Bench:
         pids: Sequence[int],
         cdf: bool = False,
     ) -> Summary:
-        if cdf:  # a latency run
+        if specs[0].rate:  # a paced run, as the Talos ones above
             self.settle_writeback()
         sampler = Sampler(pids)
         with Pool(fn, specs, key) as pool:

@@ -225,7 +225,7 @@ class RecordFuture(Future[RecordMetadata]):
 class _Topic:
     """What send() needs to know of a topic, looked up once per topic, not per message."""
 
-    __slots__ = ("batches", "fast_value_max", "limit", "name", "partitions", "route")
+    __slots__ = ("batches", "fast_value_max", "lane", "limit", "name", "partitions", "route")
 
     def __init__(self, route: TopicRoute, batches: TopicBatches) -> None:
         self.name = route.name
@@ -235,6 +235,7 @@ class _Topic:
         self.batches = batches
         # Values up to this size need no exact size check (see VALUE_OVERHEAD).
         self.fast_value_max = self.limit - BATCH_SLACK_BYTES - HEADER_SIZE - VALUE_OVERHEAD
+        self.lane: Any = None  # its C send lane, when the producer has one (see _entry)
 
 
 #: The optional C send lane (talos/client/_send_lane.c): send()'s most common case in
@@ -299,8 +300,6 @@ class Producer:
         )
         self.router = Router(self.connections, clock)
         self._topics: dict[str, _Topic] = {}
-        # topic -> its send lane, made with its _Topic entry (native, system clock only)
-        self._lanes: dict[str, Any] = {}
         self._round_robin = itertools.count()
         self._outstanding = 0  # records sent and not yet acknowledged or failed
         self._closed = False
@@ -360,21 +359,21 @@ class Producer:
         topic, an open batch) does a handful of lookups and one append, in C when
         the send lane was built (it returns None when the case does not apply).
         """
+        entry = self._topics.get(topic)
         if (
-            key is None
+            entry is not None
+            and entry.lane is not None
+            and key is None
             and partition is None
             and timestamp_ms is None
             and on_delivery is None
             and not headers
         ):
-            lane = self._lanes.get(topic)
-            if lane is not None:
-                future = lane.send(value)
-                if future is not None:
-                    return future
+            future = entry.lane.send(value)
+            if future is not None:
+                return future
         if self._closed:
             raise InvalidArgument("producer: already closed")
-        entry = self._topics.get(topic)
         if entry is None:
             entry = self._topic(topic)
         batches = entry.batches
@@ -498,7 +497,7 @@ class Producer:
             return current
 
     def _entry(self, route: TopicRoute) -> _Topic:
-        """Lock held: the topic's entry for ``route``, stored with its send lane."""
+        """Lock held: the topic's entry for ``route``, with its send lane, stored."""
         # A batch must also fit the topic's limit, which the broker applies to whole
         # batches; keep room for longer timestamp deltas and compression framing.
         cap = min(self.batch_bytes, route.config.max_message_bytes - BATCH_SLACK_BYTES)
@@ -506,7 +505,7 @@ class Producer:
             route, self._acc.topic(route.name, route.partitions, cap)
         )
         if _send_lane is not None and self._system_clock:
-            self._lanes[route.name] = _send_lane.SendLane(
+            entry.lane = _send_lane.SendLane(
                 self, entry.batches, self._mutex, RecordFuture, entry.fast_value_max, VALUE_OVERHEAD
             )
         return entry
